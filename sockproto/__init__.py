@@ -1,0 +1,94 @@
+"""sockproto: Twisted protocols, factories and twistd plugins for three socket patterns.
+
+- **frame**: a fixed binary header whose length field announces the payload (SPF/1 by
+  default), over any stream endpoint;
+- **datagram**: UDP request/response, whole datagrams, retransmission-safe;
+- **halfclose**: one request per connection, ended by the client's half-close.
+
+Names are imported lazily, so ``import sockproto.core`` (the sans-IO codec) never
+imports Twisted.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # sans-IO core
+    "HeaderSpec": "sockproto.core.header",
+    "SPF1": "sockproto.core.header",
+    "INT32": "sockproto.core.header",
+    "INT16": "sockproto.core.header",
+    "INT32LE": "sockproto.core.header",
+    "PRESETS": "sockproto.core.header",
+    "PayloadTooLarge": "sockproto.core.header",
+    "FrameDecoder": "sockproto.core.decoder",
+    "Frame": "sockproto.core.decoder",
+    "Kind": "sockproto.core.spf1",
+    "ErrorCode": "sockproto.core.spf1",
+    # the handler contract
+    "Request": "sockproto.request",
+    "Handler": "sockproto.handlers",
+    # frame service
+    "FrameServerFactory": "sockproto.frame.server",
+    "FrameServerProtocol": "sockproto.frame.server",
+    "FrameClientFactory": "sockproto.frame.client",
+    "FrameClientProtocol": "sockproto.frame.client",
+    "RemoteError": "sockproto.frame.client",
+    "RequestTimeout": "sockproto.frame.client",
+    "connect_frame": "sockproto.frame.client",
+}
+
+__all__ = [
+    "ErrorCode",
+    "Frame",
+    "FrameClientFactory",
+    "FrameClientProtocol",
+    "FrameDecoder",
+    "FrameServerFactory",
+    "FrameServerProtocol",
+    "Handler",
+    "HeaderSpec",
+    "INT16",
+    "INT32",
+    "INT32LE",
+    "Kind",
+    "PRESETS",
+    "PayloadTooLarge",
+    "RemoteError",
+    "Request",
+    "RequestTimeout",
+    "SPF1",
+    "connect_frame",
+]
+
+if TYPE_CHECKING:
+    from .core.decoder import Frame, FrameDecoder
+    from .core.header import INT16, INT32, INT32LE, PRESETS, SPF1, HeaderSpec, PayloadTooLarge
+    from .core.spf1 import ErrorCode, Kind
+    from .frame.client import (
+        FrameClientFactory,
+        FrameClientProtocol,
+        RemoteError,
+        RequestTimeout,
+        connect_frame,
+    )
+    from .frame.server import FrameServerFactory, FrameServerProtocol
+    from .handlers import Handler
+    from .request import Request
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sockproto' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

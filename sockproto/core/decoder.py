@@ -1,0 +1,323 @@
+"""The incremental frame decoder: bytes in, events out, whatever the chunking.
+
+:class:`FrameDecoder` turns a byte stream into :class:`Frame` events.  Its cost is
+linear in the bytes fed: a complete frame inside one chunk is sliced out of it, and a
+frame spread over several chunks is kept as zero-copy views and joined once when its
+last byte arrives, so every payload byte is copied exactly once (Twisted's
+``IntNStringReceiver`` re-joins its whole buffer on every read, twisted#6358).
+
+A payload over ``max_payload`` is reported by an :class:`Oversized` event as soon as its
+header is complete, and then discarded as it arrives, never buffered; decoding resumes
+at the next frame (Netty's fail-fast discard mode).  A frame of a kind the caller does
+not accept is skipped the same way (:class:`UnexpectedKind`).  A header that cannot be
+valid (a wrong magic or version) ends the stream with :class:`Malformed`: a byte stream
+cannot be resynchronised.
+
+Plain Python: no Twisted import (the sans-IO rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from operator import itemgetter
+from typing import Final, Generic, TypeVar
+
+from .header import SPF1, FieldValue, HeaderSpec
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "DecoderFailed",
+    "Event",
+    "Frame",
+    "FrameDecoder",
+    "Malformed",
+    "Oversized",
+    "UnexpectedKind",
+]
+
+DEFAULT_MAX_PAYLOAD: Final = 16 * 1024 * 1024
+"""The default largest payload accepted: 16 MiB."""
+
+
+class Frame:
+    """One decoded frame.
+
+    :ivar kind: the header's ``kind`` field, or ``None`` if it has none.
+    :ivar id: the header's ``id`` field, or ``None`` if it has none.
+    :ivar payload: the payload bytes.
+    :ivar header: every header field's value, in wire order.
+    :ivar spec: the header specification the frame was decoded with, or ``None``
+        for a message that had no header (a raw datagram, a half-close request).
+    """
+
+    __slots__ = ("header", "id", "kind", "payload", "spec")
+
+    def __init__(
+        self,
+        kind: int | None,
+        id: int | None,
+        payload: bytes,
+        header: tuple[FieldValue, ...],
+        spec: HeaderSpec | None,
+    ) -> None:
+        self.kind = kind
+        self.id = id
+        self.payload = payload
+        self.header = header
+        self.spec = spec
+
+    @property
+    def fields(self) -> dict[str, FieldValue]:
+        """The decoded header fields by name (empty without a header)."""
+        if self.spec is None:
+            return {}
+        return dict(zip(self.spec.names, self.header, strict=True))
+
+    def __repr__(self) -> str:
+        spec = self.spec.name if self.spec is not None else "raw"
+        return (
+            f"<{type(self).__name__} {spec} kind={self.kind} id={self.id} payload={len(self.payload)} bytes>"
+        )
+
+
+class _Skipped:
+    """A frame whose payload the decoder discards instead of delivering."""
+
+    __slots__ = ("header", "id", "kind", "length")
+
+    def __init__(self, kind: int | None, id: int | None, length: int, header: tuple[FieldValue, ...]) -> None:
+        self.kind = kind
+        self.id = id
+        self.length = length
+        self.header = header
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} kind={self.kind} id={self.id} length={self.length}>"
+
+
+class Oversized(_Skipped):
+    """A header announced more than ``max_payload`` bytes; its payload is discarded."""
+
+    __slots__ = ()
+
+
+class UnexpectedKind(_Skipped):
+    """A frame of a kind the decoder was told not to accept; its payload is discarded."""
+
+    __slots__ = ()
+
+
+class Malformed:
+    """The stream carries a header that cannot be valid; nothing more can be decoded.
+
+    :ivar reason: what was wrong, for logs and error messages.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<Malformed {self.reason!r}>"
+
+
+Event = Frame | Oversized | UnexpectedKind | Malformed
+"""Everything :meth:`FrameDecoder.feed` can return."""
+
+
+class DecoderFailed(RuntimeError):
+    """Bytes were fed to a decoder after it reported :class:`Malformed`."""
+
+
+F = TypeVar("F", bound=Frame)
+
+
+class FrameDecoder(Generic[F]):
+    """Decode a stream of frames laid out by ``spec``.
+
+    :param spec: the header layout.
+    :param max_payload: the largest payload delivered; larger ones are reported by
+        :class:`Oversized` and discarded.  Capped at what the length field can express.
+    :param accept_kinds: if given (and the header has a kind), frames of other kinds are
+        reported by :class:`UnexpectedKind` and discarded.  An oversized frame is
+        reported as :class:`Oversized` whatever its kind.
+    :param frame_type: the class built for each frame: :class:`Frame` or a subclass
+        taking the same arguments.
+    """
+
+    def __init__(
+        self,
+        spec: HeaderSpec = SPF1,
+        *,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        accept_kinds: Container[int] | None = None,
+        frame_type: type[F] = Frame,  # type: ignore[assignment]
+    ) -> None:
+        if max_payload < 0:
+            raise ValueError(f"max_payload must be >= 0, not {max_payload}")
+        self.spec: Final = spec
+        self.max_payload: Final = min(max_payload, spec.max_payload)
+        self._kinds = accept_kinds if spec.has_kind else None
+        self._frame_type = frame_type
+        const_idx = tuple(spec.names.index(n) for n in spec.constants)
+        const_vals = tuple(spec.constants.values())
+        self._const_get = itemgetter(*const_idx) if const_idx else None
+        self._const_val = const_vals if len(const_vals) > 1 else (const_vals or (None,))[0]
+        self._head = b""  # the start of an incomplete header (shorter than spec.size)
+        self._need = 0  # bytes still owed to the current frame's payload
+        self._collecting = False  # whether those bytes are kept (else discarded)
+        self._parts: list[bytes | memoryview] = []  # kept payload pieces, zero-copy
+        self._current: tuple[int | None, int | None, tuple[FieldValue, ...]] = (None, None, ())
+        self._failed: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes the decoder holds (an incomplete header or payload)."""
+        return len(self._head) + sum(len(p) for p in self._parts)
+
+    @property
+    def idle(self) -> bool:
+        """Whether the decoder sits between frames (no partial frame received)."""
+        return not self._head and not self._need
+
+    def feed(self, data: bytes) -> list[F | Oversized | UnexpectedKind | Malformed]:
+        """Consume ``data`` and return the events it completes, in stream order.
+
+        :raises DecoderFailed: if an earlier call reported :class:`Malformed`.
+        """
+        if self._failed is not None:
+            raise DecoderFailed(self._failed)
+        if type(data) is not bytes:
+            data = bytes(data)
+        events: list[F | Oversized | UnexpectedKind | Malformed] = []
+        end = len(data)
+        off = 0
+        if self._need:
+            off = self._continue(data, events)
+            if off < 0:
+                return events
+        elif self._head:
+            head = self._head
+            take = self.spec.size - len(head)
+            if end < take:
+                self._hold(head + data, events)
+                return events
+            self._head = b""
+            off = self._begin(self.spec.struct.unpack(head + data[:take]), data, take, end, events)
+            if off < 0:
+                return events
+        # The fast path: whole, valid frames sliced straight out of ``data``.
+        spec = self.spec
+        size = spec.size
+        unpack_from = spec.struct.unpack_from
+        li, ki, ii, adj = spec.length_index, spec.kind_index, spec.id_index, spec.length_offset
+        maxp = self.max_payload
+        kinds = self._kinds
+        const_get, const_val = self._const_get, self._const_val
+        ftype = self._frame_type
+        append = events.append
+        while end - off >= size:
+            h = unpack_from(data, off)
+            start = off + size
+            n = h[li] - adj
+            stop = start + n
+            kind = h[ki] if ki >= 0 else None
+            if (
+                stop > end
+                or n > maxp
+                or n < 0
+                or (const_get is not None and const_get(h) != const_val)
+                or (kinds is not None and kind not in kinds)
+            ):
+                off = self._begin(h, data, start, end, events)
+                if off < 0:
+                    return events
+                continue
+            append(ftype(kind, h[ii] if ii >= 0 else None, data[start:stop], h, spec))
+            off = stop
+        if off < end:
+            self._hold(data[off:], events)
+        return events
+
+    def _begin(
+        self,
+        h: tuple[FieldValue, ...],
+        data: bytes,
+        start: int,
+        end: int,
+        events: list[F | Oversized | UnexpectedKind | Malformed],
+    ) -> int:
+        """Handle header ``h`` whose payload starts at ``data[start]``, off the fast path.
+
+        :return: the offset to go on decoding from, or -1 if ``data`` is used up or
+            the stream failed.
+        """
+        spec = self.spec
+        reason = spec.check(h)
+        if reason is not None:
+            self._fail(reason, events)
+            return -1
+        length = h[spec.length_index]
+        assert isinstance(length, int)
+        n = length - spec.length_offset
+        kind = h[spec.kind_index] if spec.kind_index >= 0 else None
+        ident = h[spec.id_index] if spec.id_index >= 0 else None
+        assert kind is None or isinstance(kind, int)
+        assert ident is None or isinstance(ident, int)
+        if n > self.max_payload:
+            events.append(Oversized(kind, ident, n, h))
+            return self._skip(start + n, end)
+        if self._kinds is not None and kind not in self._kinds:
+            events.append(UnexpectedKind(kind, ident, n, h))
+            return self._skip(start + n, end)
+        stop = start + n
+        if stop <= end:
+            events.append(self._frame_type(kind, ident, data[start:stop], h, spec))
+            return stop
+        self._parts = [memoryview(data)[start:end]] if start < end else []
+        self._current = (kind, ident, h)
+        self._need = stop - end
+        self._collecting = True
+        return -1
+
+    def _skip(self, stop: int, end: int) -> int:
+        if stop <= end:
+            return stop
+        self._need = stop - end
+        self._collecting = False
+        return -1
+
+    def _continue(self, data: bytes, events: list[F | Oversized | UnexpectedKind | Malformed]) -> int:
+        """Give ``data`` to the frame under way; return where the next frame starts, or -1."""
+        need = self._need
+        if len(data) < need:
+            if self._collecting:
+                self._parts.append(data)
+            self._need = need - len(data)
+            return -1
+        self._need = 0
+        if self._collecting:
+            parts = self._parts
+            parts.append(memoryview(data)[:need])
+            self._parts = []
+            kind, ident, h = self._current
+            self._current = (None, None, ())
+            events.append(self._frame_type(kind, ident, b"".join(parts), h, self.spec))
+        return need
+
+    def _hold(self, head: bytes, events: list[F | Oversized | UnexpectedKind | Malformed]) -> None:
+        """Keep the start of a header, failing at once if its constant bytes are wrong."""
+        for offset, expected in self.spec.constant_runs:
+            got = head[offset : offset + len(expected)]
+            if got and not expected.startswith(got):
+                self._fail(f"{self.spec.name}: bad header start {head!r}", events)
+                return
+        self._head = head
+
+    def _fail(self, reason: str, events: list[F | Oversized | UnexpectedKind | Malformed]) -> None:
+        self._failed = reason
+        self._head = b""
+        self._parts = []
+        self._need = 0
+        events.append(Malformed(reason))

@@ -1,0 +1,66 @@
+"""Built-in handlers and the lookup behind ``--handler``.
+
+A handler is ``handler(request)`` returning the answer as bytes, a Deferred of bytes,
+or a coroutine (``async def``) producing bytes.  Blocking work belongs in a thread
+(:func:`twisted.internet.threads.deferToThread`), never in the reactor thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Final, TypeAlias
+
+from twisted.internet.defer import Deferred
+
+from .request import Request
+
+__all__ = ["BUILTINS", "Answer", "Handler", "echo", "resolve_handler", "sha256"]
+
+Answer: TypeAlias = "bytes | Deferred[bytes] | Coroutine[Any, Any, bytes]"
+"""What a handler may return."""
+
+Handler: TypeAlias = Callable[[Request], "bytes | Deferred[bytes] | Coroutine[Any, Any, bytes]"]
+"""The handler contract shared by every sockproto service."""
+
+
+def echo(request: Request) -> bytes:
+    """Answer the request's payload unchanged."""
+    return request.payload
+
+
+def sha256(request: Request) -> bytes:
+    """Answer the hex SHA-256 digest of the payload, then a newline."""
+    return hashlib.sha256(request.payload).hexdigest().encode("ascii") + b"\n"
+
+
+BUILTINS: Final[Mapping[str, Handler]] = {"echo": echo, "sha256": sha256}
+"""The handlers ``--handler`` knows by name."""
+
+
+def resolve_handler(name: str) -> Handler:
+    """Return the built-in handler ``name`` or the callable at ``module:attribute``.
+
+    :raises ValueError: naming what could not be found.
+    """
+    if name in BUILTINS:
+        return BUILTINS[name]
+    module_name, sep, attribute = name.partition(":")
+    if not sep or not module_name or not attribute:
+        known = ", ".join(sorted(BUILTINS))
+        raise ValueError(f"unknown handler {name!r}: use one of {known} or module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"handler {name!r}: cannot import {module_name!r} ({e})") from e
+    target: object = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"handler {name!r}: {module_name!r} has no {attribute!r}") from None
+    if not callable(target):
+        raise ValueError(f"handler {name!r} is not callable")
+    handler: Handler = target
+    return handler

@@ -1,0 +1,1 @@
+"""twistd service makers: one module per service (``Options`` and ``makeService``)."""
