@@ -24,14 +24,15 @@ class ListeningService(Service):
     A port that cannot be bound fails the start at once (twistd then exits with the
     error) instead of leaving a service that serves nothing.
 
-    :param name: the service's name, used in logs (``frame``, ``datagram``...).
-    :param description: the endpoint string, for logs.
+    :param kind: which sockproto service this is, for logs (``frame``, ``datagram``...).
+    :param description: the endpoint string; also the service's name.
     """
 
     _log = Logger()
 
-    def __init__(self, name: str, description: str, endpoint: Listenable, factory: Any) -> None:
-        self.name = name
+    def __init__(self, kind: str, description: str, endpoint: Listenable, factory: Any) -> None:
+        self.kind = kind
+        self.name = description
         self.description = description
         self.endpoint = endpoint
         self.factory = factory
@@ -53,7 +54,7 @@ class ListeningService(Service):
         self.port = port
         self._log.info(
             "sockproto-{service} listening on {endpoint} ({address})",
-            service=self.name,
+            service=self.kind,
             endpoint=self.description,
             address=port.getHost(),
         )
@@ -64,7 +65,7 @@ class ListeningService(Service):
         if port is None:
             return succeed(None)
         self._log.info(
-            "sockproto-{service} stops listening on {endpoint}", service=self.name, endpoint=self.description
+            "sockproto-{service} stops listening on {endpoint}", service=self.kind, endpoint=self.description
         )
         stopped = port.stopListening()
         return stopped if isinstance(stopped, Deferred) else succeed(None)

@@ -18,9 +18,9 @@ Plain Python: no Twisted import (the sans-IO rule).
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from operator import itemgetter
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from .header import SPF1, FieldValue, HeaderSpec
 
@@ -130,7 +130,7 @@ class DecoderFailed(RuntimeError):
     """Bytes were fed to a decoder after it reported :class:`Malformed`."""
 
 
-F = TypeVar("F", bound=Frame)
+F = TypeVar("F")
 
 
 class FrameDecoder(Generic[F]):
@@ -142,8 +142,9 @@ class FrameDecoder(Generic[F]):
     :param accept_kinds: if given (and the header has a kind), frames of other kinds are
         reported by :class:`UnexpectedKind` and discarded.  An oversized frame is
         reported as :class:`Oversized` whatever its kind.
-    :param frame_type: the class built for each frame: :class:`Frame` or a subclass
-        taking the same arguments.
+    :param frame_type: what each frame is built with: :class:`Frame`, a subclass taking
+        the same arguments, or any callable with that signature (one returning just the
+        payload spares a caller that needs no header field an object per frame).
     """
 
     def __init__(
@@ -152,7 +153,7 @@ class FrameDecoder(Generic[F]):
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         accept_kinds: Container[int] | None = None,
-        frame_type: type[F] = Frame,  # type: ignore[assignment]
+        frame_type: Callable[[int | None, int | None, bytes, tuple[FieldValue, ...], HeaderSpec], F] = Frame,  # type: ignore[assignment]
     ) -> None:
         if max_payload < 0:
             raise ValueError(f"max_payload must be >= 0, not {max_payload}")
@@ -164,6 +165,8 @@ class FrameDecoder(Generic[F]):
         const_vals = tuple(spec.constants.values())
         self._const_get = itemgetter(*const_idx) if const_idx else None
         self._const_val = const_vals if len(const_vals) > 1 else (const_vals or (None,))[0]
+        bare = spec.names == (spec.length_field,) and not spec.length_offset
+        self._scan = self._scan_bare if bare else self._scan_general
         self._head = b""  # the start of an incomplete header (shorter than spec.size)
         self._need = 0  # bytes still owed to the current frame's payload
         self._collecting = False  # whether those bytes are kept (else discarded)
@@ -180,6 +183,34 @@ class FrameDecoder(Generic[F]):
     def idle(self) -> bool:
         """Whether the decoder sits between frames (no partial frame received)."""
         return not self._head and not self._need
+
+    @property
+    def unconsumed_size(self) -> int:
+        """How many fed bytes no returned event covers yet, in constant time.
+
+        That is the frame under way so far, its header included; 0 between frames and
+        while an :class:`Oversized` or :class:`UnexpectedKind` payload is discarded.
+        """
+        if self._head:
+            return len(self._head)
+        if self._need and self._collecting:
+            length = self._current[2][self.spec.length_index]
+            assert isinstance(length, int)
+            return self.spec.size + length - self.spec.length_offset - self._need
+        return 0
+
+    def unconsumed(self) -> bytes:
+        """Return the :attr:`unconsumed_size` bytes, as they were on the wire.
+
+        This lets a caller hand the rest of a stream to another decoder (one with
+        another ``max_payload``, say) or to other code.  It copies them: keep it off
+        per-read paths.
+        """
+        if self._head:
+            return self._head
+        if self._need and self._collecting:
+            return b"".join([self.spec.struct.pack(*self._current[2]), *self._parts])
+        return b""
 
     def feed(self, data: bytes) -> list[F | Oversized | UnexpectedKind | Malformed]:
         """Consume ``data`` and return the events it completes, in stream order.
@@ -207,7 +238,38 @@ class FrameDecoder(Generic[F]):
             off = self._begin(self.spec.struct.unpack(head + data[:take]), data, take, end, events)
             if off < 0:
                 return events
-        # The fast path: whole, valid frames sliced straight out of ``data``.
+        off = self._scan(data, off, end, events)
+        if 0 <= off < end:
+            self._hold(data[off:], events)
+        return events
+
+    # The fast paths: whole, valid frames sliced straight out of ``data``; anything
+    # else (an incomplete, oversized, unexpected or invalid frame) goes to _begin.
+    # Each returns where the unparsed rest of ``data`` starts, or -1 if none is left.
+
+    def _scan_bare(self, data: bytes, off: int, end: int, events: list[Any]) -> int:
+        """The fast path for a bare length prefix (``INT32``...): no other field to check."""
+        spec = self.spec
+        size = spec.size
+        unpack_from = spec.struct.unpack_from
+        maxp = self.max_payload
+        ftype = self._frame_type
+        append = events.append
+        while end - off >= size:
+            h = unpack_from(data, off)
+            start = off + size
+            stop = start + h[0]
+            if stop > end or stop - start > maxp:
+                off = self._begin(h, data, start, end, events)
+                if off < 0:
+                    return -1
+                continue
+            append(ftype(None, None, data[start:stop], h, spec))
+            off = stop
+        return off
+
+    def _scan_general(self, data: bytes, off: int, end: int, events: list[Any]) -> int:
+        """The fast path for any header: constants, kind filter and length adjustment."""
         spec = self.spec
         size = spec.size
         unpack_from = spec.struct.unpack_from
@@ -232,13 +294,11 @@ class FrameDecoder(Generic[F]):
             ):
                 off = self._begin(h, data, start, end, events)
                 if off < 0:
-                    return events
+                    return -1
                 continue
             append(ftype(kind, h[ii] if ii >= 0 else None, data[start:stop], h, spec))
             off = stop
-        if off < end:
-            self._hold(data[off:], events)
-        return events
+        return off
 
     def _begin(
         self,
@@ -308,11 +368,10 @@ class FrameDecoder(Generic[F]):
 
     def _hold(self, head: bytes, events: list[F | Oversized | UnexpectedKind | Malformed]) -> None:
         """Keep the start of a header, failing at once if its constant bytes are wrong."""
-        for offset, expected in self.spec.constant_runs:
-            got = head[offset : offset + len(expected)]
-            if got and not expected.startswith(got):
-                self._fail(f"{self.spec.name}: bad header start {head!r}", events)
-                return
+        reason = self.spec.check_start(head)
+        if reason is not None:
+            self._fail(reason, events)
+            return
         self._head = head
 
     def _fail(self, reason: str, events: list[F | Oversized | UnexpectedKind | Malformed]) -> None:

@@ -88,7 +88,10 @@ class HeaderSpec:
         for cname, value in constants.items():
             if cname not in codes or cname in (length, "kind", "id"):
                 raise SpecError(f"{name}: constant {cname!r} is not a plain field of the header")
-            _check_value(name, cname, codes[cname], value, byte_order)
+            try:
+                _check_value(name, cname, codes[cname], value, byte_order)
+            except ValueError as e:
+                raise SpecError(str(e)) from None
         self.name: Final = name
         self.names: Final = names
         self.struct: Final = struct.Struct(_ORDERS[byte_order] + "".join(c for _, c in pairs))
@@ -110,8 +113,8 @@ class HeaderSpec:
         self._defaults = tuple(
             constants.get(n, b"\0" * _bytes_width(c) if c.endswith("s") else 0) for n, c in pairs
         )
-        #: ``(byte offset, bytes)`` runs that every valid header carries
-        self.constant_runs: Final = _constant_runs(self.struct.format, names, constants)
+        #: ``(field, byte offset, wire bytes)`` of each constant field, in wire order
+        self.constant_fields: Final = _constant_fields(self.struct.format, names, constants)
         self.pack_frame_header: Final = self._make_packer()
 
     @property
@@ -127,7 +130,7 @@ class HeaderSpec:
     def __repr__(self) -> str:
         return f"<HeaderSpec {self.name} {self.struct.format!r} size={self.size}>"
 
-    def pack_header(self, length: int, **fields: FieldValue) -> bytes:
+    def pack_header(self, length: int, /, **fields: FieldValue) -> bytes:
         """Return the header announcing a payload of ``length`` bytes.
 
         Constant fields take their fixed value, unnamed ones zero.
@@ -159,17 +162,31 @@ class HeaderSpec:
 
     def check(self, values: tuple[FieldValue, ...]) -> str | None:
         """Say why decoded header ``values`` cannot be valid, or ``None`` if they can."""
-        for fname, expected in self.constants.items():
-            got = values[self.names.index(fname)]
-            if got != expected:
-                return f"{self.name}: bad {fname} {got!r} (expected {expected!r})"
+        for fname, _, _ in self.constant_fields:
+            if values[self.names.index(fname)] != self.constants[fname]:
+                return self._bad_constant(fname)
         wire = values[self.length_index]
         assert isinstance(wire, int)
         if wire < self.length_offset:
             return f"{self.name}: length {wire} is shorter than the length adjustment"
         return None
 
-    def _make_packer(self) -> Callable[[int, int, int], bytes]:
+    def check_start(self, start: bytes) -> str | None:
+        """Say why the first bytes of a header cannot be valid, or ``None`` if they can.
+
+        Only the constant fields are checked, as far as ``start`` reaches; the reason is
+        the one :meth:`check` gives for the whole header, whatever the length of ``start``.
+        """
+        for fname, offset, raw in self.constant_fields:
+            got = start[offset : offset + len(raw)]
+            if got and not raw.startswith(got):
+                return self._bad_constant(fname)
+        return None
+
+    def _bad_constant(self, fname: str) -> str:
+        return f"{self.name}: bad {fname}, expected {self.constants[fname]!r}"
+
+    def _make_packer(self) -> Callable[[int, int | None, int], bytes]:
         """Build ``pack_frame_header(kind, id, payload_length)``, the hot-path encoder.
 
         Constants are bound once; kind and id are ignored when the header has none.
@@ -188,7 +205,7 @@ class HeaderSpec:
                 env[f"_c{i}"] = self._defaults[i]
                 args.append(f"_c{i}")
         src = f"lambda kind, id, n: _pack({', '.join(args)})"
-        packer: Callable[[int, int, int], bytes] = eval(src, env)  # noqa: S307 (our own names)
+        packer: Callable[[int, int | None, int], bytes] = eval(src, env)  # noqa: S307 (our own names)
         return packer
 
 
@@ -238,23 +255,18 @@ def _check_value(spec: str, fname: str, code: str, value: object, order: str) ->
         raise ValueError(f"{spec}: field {fname!r} takes an integer in [{low}, {high}], not {value!r}")
 
 
-def _constant_runs(
+def _constant_fields(
     fmt: str, names: tuple[str, ...], constants: Mapping[str, FieldValue]
-) -> tuple[tuple[int, bytes], ...]:
-    """Return the constant fields as merged ``(offset, bytes)`` runs of the wire header."""
+) -> tuple[tuple[str, int, bytes], ...]:
+    """Return ``(field, offset, wire bytes)`` for each constant field, in wire order."""
     order, codes = fmt[0], _split_codes(fmt[1:])
-    runs: list[tuple[int, bytes]] = []
+    found: list[tuple[str, int, bytes]] = []
     offset = 0
     for fname, code in zip(names, codes, strict=True):
-        width = struct.calcsize(order + code)
         if fname in constants:
-            raw = struct.pack(order + code, constants[fname])
-            if runs and runs[-1][0] + len(runs[-1][1]) == offset:
-                runs[-1] = (runs[-1][0], runs[-1][1] + raw)
-            else:
-                runs.append((offset, raw))
-        offset += width
-    return tuple(runs)
+            found.append((fname, offset, struct.pack(order + code, constants[fname])))
+        offset += struct.calcsize(order + code)
+    return tuple(found)
 
 
 def _split_codes(codes: str) -> list[str]:

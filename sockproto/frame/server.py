@@ -15,6 +15,7 @@ not read its answers costs bounded memory and never slows the others.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -86,6 +87,8 @@ class FrameServerProtocol(Protocol):
             frame_type=Request,
         )
         self._ordered = not header.has_id  # answers must follow request order
+        bare = header.names == (header.length_field,) and not header.length_offset
+        self._bare_pack = header.struct.pack if bare else None
         self.peer: IAddress | None = None
         self._backlog: deque[Any] = deque()  # decoded events held back by flow control
         self._queue: deque[_Slot] = deque()  # ordered mode: answers owed, oldest first
@@ -151,12 +154,11 @@ class FrameServerProtocol(Protocol):
         peer = self.peer
         queue = self._queue
         max_answer = self.header.max_payload
-        count = len(events)
-        i = 0
+        bare_pack = self._bare_pack
+        rest: Iterator[Any] | None = iter(events)
+        assert rest is not None
         try:
-            while i < count:
-                event = events[i]
-                i += 1
+            for event in rest:
                 if type(event) is Request:
                     if event.kind == _PING:
                         pong = [pack(_PONG, event.id or 0, len(event.payload)), event.payload]
@@ -172,7 +174,10 @@ class FrameServerProtocol(Protocol):
                         self._deliver(*self._failed(event, Failure()), None, out)
                     else:
                         if type(result) is bytes and not queue and len(result) <= max_answer:
-                            write(pack(_RESPONSE, event.id or 0, len(result)))
+                            if bare_pack is not None:  # a bare length prefix: one C call
+                                write(bare_pack(len(result)))
+                            else:
+                                write(pack(_RESPONSE, event.id, len(result)))
                             write(result)
                             continue
                         self._answer_later(event, result, out)
@@ -184,10 +189,12 @@ class FrameServerProtocol(Protocol):
                     self._skipped(event, out)
                 if self._stopping:
                     break
+            else:
+                rest = None
         finally:
             self._batch = None
-        if i < count and not self._stopping:
-            self._backlog.extend(events[i:])
+        if rest is not None and not self._stopping:
+            self._backlog.extend(rest)  # held back by flow control
         self._flush(out)
         self._update_reading()
 

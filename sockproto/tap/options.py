@@ -67,7 +67,8 @@ class ServiceOptions(usage.Options):
         try:
             return serverFromString(reactor, text)
         except Exception as e:  # Twisted raises ValueError, KeyError, TypeError...
-            raise usage.UsageError(f"--listen {text!r}: {e or type(e).__name__}") from e
+            hint = " (escape the colons of an IPv6 address: \\:)" if "::" in text.replace("\\:", "") else ""
+            raise usage.UsageError(f"--listen {text!r}: {e or type(e).__name__}{hint}") from e
 
     def convert(self, name: str, parse: Callable[[str], T]) -> T:
         """Replace option ``name``'s text by ``parse(text)``; a ValueError names the option."""
