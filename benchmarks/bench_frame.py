@@ -25,15 +25,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet.testing import StringTransport  # noqa: E402
-from twisted.protocols.basic import Int32StringReceiver  # noqa: E402
+from twisted.internet.testing import StringTransport
+from twisted.protocols.basic import Int32StringReceiver
 
-from sockproto import INT32, FrameServerFactory  # noqa: E402
-from sockproto.handlers import echo  # noqa: E402
+from sockproto import INT32, FrameServerFactory
+from sockproto.handlers import echo
 
 READ = 65536
-
-
 
 
 class TwistedEcho(Int32StringReceiver):
