@@ -1,0 +1,90 @@
+"""``twistd sockproto-datagram``: the UDP datagram service."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from twisted.application.service import IService
+from twisted.internet import reactor
+from twisted.python import usage
+
+from ..core.datagram import MAX_UDP_PAYLOAD, MIN_DATAGRAM
+from ..datagram.endpoints import UDPServerEndpoint, udp_server_from_string
+from ..datagram.server import MODES, DatagramServerFactory, Mode
+from ..service import listening_services
+from .options import ServiceOptions, parse_size
+
+__all__ = ["DEFAULT_LISTEN", "Options", "makeService"]
+
+DEFAULT_LISTEN = "udp:8751:interface=127.0.0.1"
+
+
+def parse_mode(text: str) -> Mode:
+    """Parse ``--header``: ``spf1`` or ``raw``.
+
+    :raises ValueError: naming the modes accepted.
+    """
+    for mode in MODES:
+        if text.lower() == mode:
+            return mode
+    raise ValueError(f"expected one of {', '.join(MODES)}, got {text!r}")
+
+
+def parse_max_datagram(text: str) -> int:
+    """Parse ``--max-datagram``: a size from 64 bytes to 65507 (the UDP payload limit).
+
+    :raises ValueError: saying what is accepted.
+    """
+    size = parse_size(text)
+    if not MIN_DATAGRAM <= size <= MAX_UDP_PAYLOAD:
+        raise ValueError(
+            f"expected a size from {MIN_DATAGRAM} to {MAX_UDP_PAYLOAD} bytes (the UDP payload limit), "
+            f"got {text!r}"
+        )
+    return size
+
+
+class Options(ServiceOptions):
+    """Options of ``twistd sockproto-datagram``."""
+
+    synopsis = "[--listen udp:PORT[:interface=ADDR]]... [--handler NAME] [--header spf1|raw]"
+    longdesc = (
+        "Serve requests over UDP, one datagram each: SPF/1 datagrams (id-matched, retransmission-safe) "
+        "or raw payloads. Datagrams are read whole (65536-byte reads). Endpoints: udp:PORT or "
+        "udp:PORT:interface=ADDR, IPv6 colons escaped (udp:8751:interface=\\:\\: is dual-stack). "
+        f"Listens on {DEFAULT_LISTEN} unless --listen is given."
+    )
+    default_listen = DEFAULT_LISTEN
+    optParameters: ClassVar[list[list[Any]]] = [
+        ["header", None, "spf1", f"the datagram format: {' or '.join(MODES)}"],
+        [
+            "max-datagram",
+            None,
+            str(MAX_UDP_PAYLOAD),
+            f"the largest reply datagram, {MIN_DATAGRAM} to {MAX_UDP_PAYLOAD} bytes",
+        ],
+    ]
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Listen on ENDPOINT: udp:PORT[:interface=ADDR] (repeatable)."""
+        super().opt_listen(endpoint)
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        self.convert("header", parse_mode)
+        self.convert("max-datagram", parse_max_datagram)
+
+    def server_endpoint(self, text: str) -> UDPServerEndpoint:
+        """Parse one ``--listen`` value as a UDP endpoint string."""
+        try:
+            return udp_server_from_string(reactor, text)
+        except ValueError as e:
+            raise usage.UsageError(f"--listen {e}") from e
+
+
+def makeService(options: Options) -> IService:
+    """Build the service ``twistd sockproto-datagram`` runs."""
+    factory = DatagramServerFactory(
+        options["handler"], mode=options["header"], max_datagram=options["max-datagram"]
+    )
+    return listening_services("datagram", options["endpoints"], factory)
