@@ -1,0 +1,76 @@
+"""``twistd sockproto-halfclose``: the half-close request/response service."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from twisted.application.service import IService
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.python import usage
+
+from ..halfclose.server import DEFAULT_MAX_REQUEST, DEFAULT_REQUEST_TIMEOUT, HalfCloseServerFactory
+from ..service import listening_services
+from .options import ServiceOptions, parse_duration, parse_size
+
+__all__ = ["DEFAULT_LISTEN", "TLS_TYPES", "Options", "makeService"]
+
+DEFAULT_LISTEN = "tcp:8752:interface=127.0.0.1"
+
+TLS_TYPES = frozenset({"ssl", "tls"})
+"""Endpoint types refused: Twisted's TLS layer has no half-close (twisted#5341)."""
+
+
+class Options(ServiceOptions):
+    """Options of ``twistd sockproto-halfclose``."""
+
+    synopsis = "[--listen ENDPOINT]... [--handler NAME] [--max-request BYTES] [--request-timeout SECONDS]"
+    longdesc = (
+        "Serve one request per connection: the client sends its request and shuts down its "
+        "write side (half-close); the answer is written and the connection closed. A request "
+        "too large, too slow, or whose handler fails is answered with a connection reset. "
+        "Endpoints: tcp:, tcp6:, unix: (ssl:/tls: are refused: Twisted's TLS has no "
+        f"half-close). Listens on {DEFAULT_LISTEN} unless --listen is given."
+    )
+    default_listen = DEFAULT_LISTEN
+    optParameters: ClassVar[list[list[Any]]] = [
+        [
+            "max-request",
+            None,
+            f"{DEFAULT_MAX_REQUEST // 1024 // 1024}MiB",
+            "the largest request accepted; more resets the connection (65536, 64KiB, 1MiB...)",
+        ],
+        [
+            "request-timeout",
+            None,
+            f"{DEFAULT_REQUEST_TIMEOUT:g}",
+            "seconds from connecting until the whole request (its half-close) must have arrived",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        self.convert("max-request", parse_size)
+        self.convert("request-timeout", parse_duration)
+
+    def server_endpoint(self, text: str) -> Any:
+        """Parse one ``--listen`` value, refusing TLS endpoints, which cannot half-close."""
+        kind = text.partition(":")[0].strip().lower()
+        endpoint = None if kind in TLS_TYPES else super().server_endpoint(text)
+        if endpoint is None or isinstance(endpoint, SSL4ServerEndpoint):
+            raise usage.UsageError(
+                f"--listen {text!r}: TLS endpoints cannot serve half-close requests: Twisted's "
+                "TLS layer has no half-close (twisted#5341), the client's half-close ends the whole "
+                "connection, so no request could ever be answered. Use tcp:, tcp6: or unix: "
+                "(behind a TLS-terminating proxy if you need encryption)."
+            )
+        return endpoint
+
+
+def makeService(options: Options) -> IService:
+    """Build the service ``twistd sockproto-halfclose`` runs."""
+    factory = HalfCloseServerFactory(
+        options["handler"],
+        max_request=options["max-request"],
+        request_timeout=options["request-timeout"],
+    )
+    return listening_services("halfclose", options["endpoints"], factory)
