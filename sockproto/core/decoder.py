@@ -18,7 +18,7 @@ Plain Python: no Twisted import (the sans-IO rule).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Container
 from operator import itemgetter
 from typing import Any, Final, Generic, TypeVar
 
@@ -130,7 +130,7 @@ class DecoderFailed(RuntimeError):
     """Bytes were fed to a decoder after it reported :class:`Malformed`."""
 
 
-F = TypeVar("F")
+F = TypeVar("F", bound=Frame)
 
 
 class FrameDecoder(Generic[F]):
@@ -142,9 +142,8 @@ class FrameDecoder(Generic[F]):
     :param accept_kinds: if given (and the header has a kind), frames of other kinds are
         reported by :class:`UnexpectedKind` and discarded.  An oversized frame is
         reported as :class:`Oversized` whatever its kind.
-    :param frame_type: what each frame is built with: :class:`Frame`, a subclass taking
-        the same arguments, or any callable with that signature (one returning just the
-        payload spares a caller that needs no header field an object per frame).
+    :param frame_type: the class built for each frame: :class:`Frame` or a subclass
+        taking the same arguments.
     """
 
     def __init__(
@@ -153,7 +152,7 @@ class FrameDecoder(Generic[F]):
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         accept_kinds: Container[int] | None = None,
-        frame_type: Callable[[int | None, int | None, bytes, tuple[FieldValue, ...], HeaderSpec], F] = Frame,  # type: ignore[assignment]
+        frame_type: type[F] = Frame,  # type: ignore[assignment]
     ) -> None:
         if max_payload < 0:
             raise ValueError(f"max_payload must be >= 0, not {max_payload}")
@@ -185,26 +184,25 @@ class FrameDecoder(Generic[F]):
         return not self._head and not self._need
 
     @property
-    def unconsumed_size(self) -> int:
-        """How many fed bytes no returned event covers yet, in constant time.
+    def needed(self) -> int:
+        """How many more bytes the frame under way needs; 0 between frames.
 
-        That is the frame under way so far, its header included; 0 between frames and
-        while an :class:`Oversized` or :class:`UnexpectedKind` payload is discarded.
+        That is the rest of its header while the header is incomplete, then the rest of
+        its payload (kept, or discarded after :class:`Oversized` or
+        :class:`UnexpectedKind`).  Feeding exactly that many bytes returns at most one
+        event, which lets a caller share a stream with other code frame by frame.
         """
         if self._head:
-            return len(self._head)
-        if self._need and self._collecting:
-            length = self._current[2][self.spec.length_index]
-            assert isinstance(length, int)
-            return self.spec.size + length - self.spec.length_offset - self._need
-        return 0
+            return self.spec.size - len(self._head)
+        return self._need
 
     def unconsumed(self) -> bytes:
-        """Return the :attr:`unconsumed_size` bytes, as they were on the wire.
+        """Return the bytes fed that no event returned yet covers, as on the wire.
 
-        This lets a caller hand the rest of a stream to another decoder (one with
-        another ``max_payload``, say) or to other code.  It copies them: keep it off
-        per-read paths.
+        That is the frame under way so far, its header included; ``b""`` between
+        frames and while a payload is being discarded.  This lets a caller hand the rest
+        of a stream to another decoder (one with another ``max_payload``, say) or to
+        other code.  It copies them: keep it off per-read paths.
         """
         if self._head:
             return self._head
