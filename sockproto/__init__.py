@@ -40,9 +40,34 @@ _EXPORTS: dict[str, str] = {
     "RemoteError": "sockproto.frame.client",
     "RequestTimeout": "sockproto.frame.client",
     "connect_frame": "sockproto.frame.client",
+    # datagram service
+    "DatagramServerFactory": "sockproto.datagram.server",
+    "DatagramServerProtocol": "sockproto.datagram.server",
+    "DatagramClientProtocol": "sockproto.datagram.client",
+    "PortUnreachable": "sockproto.datagram.client",
+    "connect_datagram": "sockproto.datagram.client",
+    "UDPServerEndpoint": "sockproto.datagram.endpoints",
+    "UDPClientEndpoint": "sockproto.datagram.endpoints",
+    "udp_server_from_string": "sockproto.datagram.endpoints",
+    "udp_client_from_string": "sockproto.datagram.endpoints",
+    "DropReason": "sockproto.core.datagram",
+    "MAX_UDP_PAYLOAD": "sockproto.core.datagram",
+    # half-close service
+    "HalfCloseServerFactory": "sockproto.halfclose.server",
+    "HalfCloseServerProtocol": "sockproto.halfclose.server",
+    "HalfCloseClientProtocol": "sockproto.halfclose.client",
+    "HalfCloseError": "sockproto.halfclose.client",
+    "ServerReset": "sockproto.halfclose.client",
+    "AnswerTimeout": "sockproto.halfclose.client",
+    "halfclose_request": "sockproto.halfclose.client",
 }
 
 __all__ = [
+    "AnswerTimeout",
+    "DatagramClientProtocol",
+    "DatagramServerFactory",
+    "DatagramServerProtocol",
+    "DropReason",
     "ErrorCode",
     "Frame",
     "FrameClientFactory",
@@ -50,25 +75,47 @@ __all__ = [
     "FrameDecoder",
     "FrameServerFactory",
     "FrameServerProtocol",
+    "HalfCloseClientProtocol",
+    "HalfCloseError",
+    "HalfCloseServerFactory",
+    "HalfCloseServerProtocol",
     "Handler",
     "HeaderSpec",
     "INT16",
     "INT32",
     "INT32LE",
     "Kind",
+    "MAX_UDP_PAYLOAD",
     "PRESETS",
     "PayloadTooLarge",
+    "PortUnreachable",
     "RemoteError",
     "Request",
     "RequestTimeout",
     "SPF1",
+    "ServerReset",
+    "UDPClientEndpoint",
+    "UDPServerEndpoint",
+    "connect_datagram",
     "connect_frame",
+    "halfclose_request",
+    "udp_client_from_string",
+    "udp_server_from_string",
 ]
 
 if TYPE_CHECKING:
+    from .core.datagram import MAX_UDP_PAYLOAD, DropReason
     from .core.decoder import Frame, FrameDecoder
     from .core.header import INT16, INT32, INT32LE, PRESETS, SPF1, HeaderSpec, PayloadTooLarge
     from .core.spf1 import ErrorCode, Kind
+    from .datagram.client import DatagramClientProtocol, PortUnreachable, connect_datagram
+    from .datagram.endpoints import (
+        UDPClientEndpoint,
+        UDPServerEndpoint,
+        udp_client_from_string,
+        udp_server_from_string,
+    )
+    from .datagram.server import DatagramServerFactory, DatagramServerProtocol
     from .frame.client import (
         FrameClientFactory,
         FrameClientProtocol,
@@ -77,6 +124,14 @@ if TYPE_CHECKING:
         connect_frame,
     )
     from .frame.server import FrameServerFactory, FrameServerProtocol
+    from .halfclose.client import (
+        AnswerTimeout,
+        HalfCloseClientProtocol,
+        HalfCloseError,
+        ServerReset,
+        halfclose_request,
+    )
+    from .halfclose.server import HalfCloseServerFactory, HalfCloseServerProtocol
     from .handlers import Handler
     from .request import Request
 

@@ -10,7 +10,7 @@ from twisted.python import usage
 
 __all__ = ["SERVICES", "Options", "makeService"]
 
-SERVICES: Final = ("sockproto.tap.frame",)
+SERVICES: Final = ("sockproto.tap.frame", "sockproto.tap.datagram", "sockproto.tap.halfclose")
 """The service modules started, each with ``Options`` and ``makeService``."""
 
 

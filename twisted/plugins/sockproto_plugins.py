@@ -8,6 +8,18 @@ sockproto_frame = ServiceMaker(
     "Framed-header request/response server (SPF/1, int32...) on stream endpoints",
     "sockproto-frame",
 )
+sockproto_halfclose = ServiceMaker(
+    "sockproto-halfclose",
+    "sockproto.tap.halfclose",
+    "Half-close request/response server: one request per connection, ended by shutdown(SHUT_WR)",
+    "sockproto-halfclose",
+)
+sockproto_datagram = ServiceMaker(
+    "sockproto-datagram",
+    "sockproto.tap.datagram",
+    "UDP datagram request/response server (SPF/1 or raw), whole datagrams, retransmission-safe",
+    "sockproto-datagram",
+)
 sockproto_all = ServiceMaker(
     "sockproto",
     "sockproto.tap.combined",

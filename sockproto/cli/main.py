@@ -1,0 +1,311 @@
+"""``sockproto``: the client command (also ``python -m sockproto``).
+
+.. code-block:: text
+
+   sockproto frame     ENDPOINT [--data TEXT | --file PATH] [--header H] [--timeout S] [--count N]
+   sockproto datagram  ENDPOINT [--data TEXT | --file PATH] [--header spf1|raw] [--retries N] ...
+   sockproto halfclose ENDPOINT [--data TEXT | --file PATH] [--timeout S] [--count N]
+   sockproto ping      ENDPOINT [--data TEXT | --file PATH] [--timeout S] [--count N]
+   sockproto bench     ENDPOINT [--service frame|datagram|halfclose] [--requests N]
+                       [--concurrency C] [--size BYTES] [--json]
+
+Exit status: 0 answered, 1 the server answered ERROR, 2 usage error, 3 no answer
+(could not connect, reset, timed out).  Every failure is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, BinaryIO, NoReturn, TextIO
+
+from .. import __version__
+from ..core.datagram import HEADER_SIZE, MAX_UDP_PAYLOAD
+from ..core.header import PRESETS
+from ..core.units import parse_duration, parse_size
+from ..datagram.client import DEFAULT_RETRIES
+from .bench import BenchResult, LoadGenerator, Progress, session_opener
+from .commands import Call, Streams, run_datagram, run_frame, run_halfclose, run_ping
+from .endpoints import client_endpoint
+from .errors import CommandError, Status, describe
+
+__all__ = ["UsageError", "build_parser", "main", "prepare", "read_payload"]
+
+_MAX_STREAM_PAYLOAD = 1 << 30  # what --file or stdin may hold for a stream request: 1 GiB
+_SERVICES = ("frame", "datagram", "halfclose")
+_DATAGRAM_MODES = ("spf1", "raw")
+Job = Callable[[Any], Awaitable[Status]]
+
+
+class UsageError(ValueError):
+    """Bad arguments; :func:`main` reports them in one line and exits with status 2.
+
+    :ivar prog: the (sub)command the message is about: ``sockproto frame``...
+    """
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises :class:`UsageError` instead of printing its usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, message)
+
+
+def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap ``parse`` so that argparse shows its ValueError message."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return convert
+
+
+def _retries(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"expected a whole number of at least 0, got {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _add_request_options(parser: argparse.ArgumentParser, *, stdin: bool = True) -> None:
+    parser.add_argument("endpoint", metavar="ENDPOINT", help="HOST:PORT, [IPv6]:PORT, or an endpoint string")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="TEXT", help="the request payload, as text")
+    source.add_argument("--file", metavar="PATH", help="read the request payload from PATH")
+    if not stdin:
+        parser.set_defaults(empty_payload=True)
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_typed(parse_duration),
+        default=10.0,
+        help="per request (default 10)",
+    )
+    parser.add_argument(
+        "--count", metavar="N", type=_typed(_count), default=1, help="send the request N times"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sockproto`` argument parser; bad arguments raise :class:`UsageError`."""
+    parser = _Parser(
+        prog="sockproto",
+        description="Send requests to sockproto servers, or load-test them.",
+        epilog="Exit status: 0 answered, 1 the server answered ERROR, 2 usage error, "
+        "3 no answer (could not connect, reset, timed out).",
+    )
+    parser.add_argument("--version", action="version", version=f"sockproto {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    stdin_note = "The payload is --data, --file, or else standard input; answers go to standard output."
+
+    frame = commands.add_parser("frame", help="send REQUEST frames (TCP, UNIX, TLS)", description=stdin_note)
+    _add_request_options(frame)
+    frame.add_argument(
+        "--header", choices=list(PRESETS), default="spf1", help="the wire header (default spf1)"
+    )
+
+    datagram = commands.add_parser("datagram", help="send UDP datagram requests", description=stdin_note)
+    _add_request_options(datagram)
+    datagram.add_argument("--header", choices=_DATAGRAM_MODES, default="spf1", help="spf1 (default) or raw")
+    datagram.add_argument(
+        "--retries",
+        metavar="N",
+        type=_typed(_retries),
+        default=DEFAULT_RETRIES,
+        help="retransmissions at most",
+    )
+
+    halfclose = commands.add_parser(
+        "halfclose", help="send one request per connection, ended by a half-close", description=stdin_note
+    )
+    _add_request_options(halfclose)
+
+    ping = commands.add_parser(
+        "ping",
+        help="send PINGs (a udp: ENDPOINT pings the datagram service)",
+        description="The PING payload is --data, --file, or empty; PONG payloads go to standard "
+        "output and one line per PONG, with its round-trip time, to standard error.",
+    )
+    _add_request_options(ping, stdin=False)
+    ping.add_argument(
+        "--retries",
+        metavar="N",
+        type=_typed(_retries),
+        default=DEFAULT_RETRIES,
+        help="UDP retransmissions at most",
+    )
+
+    bench = commands.add_parser(
+        "bench",
+        help="load-test a server",
+        description="Load-test a server: requests/s, MB/s and latency percentiles.",
+    )
+    bench.add_argument("endpoint", metavar="ENDPOINT", help="HOST:PORT, [IPv6]:PORT, or an endpoint string")
+    bench.add_argument(
+        "--service", choices=_SERVICES, default="frame", help="the server's service (default frame)"
+    )
+    bench.add_argument("--requests", metavar="N", type=_typed(_count), default=1000, help="requests in all")
+    bench.add_argument(
+        "--concurrency", metavar="C", type=_typed(_count), default=8, help="requests in flight"
+    )
+    bench.add_argument(
+        "--size", metavar="BYTES", type=_typed(parse_size), default=100, help="payload size (100, 4KiB...)"
+    )
+    bench.add_argument("--header", help="frame: spf1 (default), int32...; datagram: spf1 (default) or raw")
+    bench.add_argument("--timeout", metavar="SECONDS", type=_typed(parse_duration), default=10.0)
+    bench.add_argument(
+        "--retries", metavar="N", type=_typed(_retries), default=DEFAULT_RETRIES, help=argparse.SUPPRESS
+    )
+    bench.add_argument("--json", action="store_true", help="print the result as one line of JSON")
+    return parser
+
+
+def read_payload(args: argparse.Namespace, stdin: BinaryIO, limit: int) -> bytes:
+    """The request payload from --data, --file, or stdin (``ping``: empty by default)."""
+    if args.data is not None:
+        payload = os.fsencode(args.data)  # the bytes the shell passed, even if not UTF-8
+    elif args.file is not None:
+        try:
+            with open(args.file, "rb") as f:
+                payload = f.read(limit + 1)
+        except OSError as e:
+            raise ValueError(f"--file {args.file!r}: {e.strerror or e}") from None
+    elif getattr(args, "empty_payload", False):
+        payload = b""
+    else:
+        payload = stdin.read(limit + 1)
+    if len(payload) > limit:
+        raise ValueError(f"the payload is over the {limit}-byte limit of one request here")
+    return payload
+
+
+def prepare(args: argparse.Namespace, reactor: Any, stdin: BinaryIO, streams: Streams) -> Job:
+    """Check everything and read the payload; return what the reactor will run.
+
+    :raises ValueError: for a usage error (nothing has been sent).
+    """
+    command = args.command
+    service = args.service if command == "bench" else command
+    target = client_endpoint(reactor, args.endpoint, datagram=service == "datagram", timeout=args.timeout)
+    if command == "ping":
+        service = "datagram" if target.is_datagram else "frame"
+    if target.is_datagram and service != "datagram":
+        raise ValueError(
+            f"{args.endpoint!r}: a udp: endpoint is for the datagram service "
+            "('sockproto datagram', 'sockproto ping', 'sockproto bench --service datagram')"
+        )
+    if service == "datagram" and not target.is_datagram:
+        raise ValueError(
+            f"{args.endpoint!r}: the datagram service takes udp:host=HOST:port=PORT or HOST:PORT"
+        )
+    call = Call(target, b"", timeout=args.timeout, retries=getattr(args, "retries", DEFAULT_RETRIES))
+    header = getattr(args, "header", None)
+    if service == "datagram":
+        call.mode = header or "spf1"
+        if call.mode not in _DATAGRAM_MODES:
+            raise ValueError(f"--header: the datagram service takes spf1 or raw, not {header!r}")
+        limit = MAX_UDP_PAYLOAD - (HEADER_SIZE if call.mode == "spf1" else 0)
+    else:
+        name = header or "spf1"
+        if name not in PRESETS:
+            raise ValueError(f"--header: expected one of {', '.join(PRESETS)}, got {name!r}")
+        call.header = PRESETS[name] if service == "frame" else None
+        limit = min(call.header.max_payload if call.header else _MAX_STREAM_PAYLOAD, _MAX_STREAM_PAYLOAD)
+    if command == "bench":
+        if service == "halfclose" and header is not None:
+            raise ValueError("--header: the half-close service has no header")
+        if args.size > limit:
+            raise ValueError(f"--size: {args.size} bytes is over the {limit}-byte limit of one request here")
+        result = BenchResult(args.service, target.text, args.requests, args.concurrency, args.size)
+        progress = Progress(streams.err, args.requests) if streams.err.isatty() else None
+        payload = (bytes(range(251)) * (args.size // 251 + 1))[: args.size]
+
+        async def bench(r: Any) -> Status:
+            generator = LoadGenerator(
+                r, session_opener(r, args.service, call), payload, result, progress=progress
+            )
+            done = await generator.run()
+            streams.answer((done.json() if args.json else done.text()).encode())
+            return done.status
+
+        return bench
+    call.payload = read_payload(args, stdin, limit)
+    call.count = args.count
+    run = {"frame": run_frame, "datagram": run_datagram, "halfclose": run_halfclose, "ping": run_ping}[
+        command
+    ]
+    return lambda r: run(r, call, streams)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+    stderr: TextIO | None = None,
+) -> NoReturn:
+    """Run ``sockproto``; exit with its status (see :class:`~sockproto.cli.errors.Status`)."""
+    from twisted.internet import reactor  # installed here, not when this module is imported
+    from twisted.internet.task import react
+
+    err = stderr if stderr is not None else sys.stderr
+    streams = Streams(stdout if stdout is not None else sys.stdout.buffer, err)
+
+    prog = "sockproto"
+    try:
+        args = build_parser().parse_args(argv)
+        prog = f"sockproto {args.command}"
+        job = prepare(args, reactor, stdin if stdin is not None else sys.stdin.buffer, streams)
+    except ValueError as e:
+        prog = e.prog if isinstance(e, UsageError) else prog
+        err.write(f"{prog}: {' '.join(str(e).split())} (see {prog} --help)\n")
+        raise SystemExit(Status.USAGE) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+    state = {"finished": False, "interrupted": False}
+
+    def interrupted() -> NoReturn:
+        state["finished"] = True
+        err.write(f"\n{prog}: interrupted\n")
+        raise SystemExit(130)
+
+    async def guarded(r: Any) -> None:
+        def shutting_down() -> None:
+            state["interrupted"] = not state["finished"]  # a signal stops the reactor first
+
+        r.addSystemEventTrigger("before", "shutdown", shutting_down)
+        try:
+            status = await job(r)
+        except Exception as e:
+            if state["interrupted"]:  # the shutdown closed our connection: not the server's doing
+                interrupted()
+            error = e if isinstance(e, CommandError) else describe(e, args.endpoint)
+            if error.message:
+                err.write(f"{prog}: {error.message}\n")
+            status = error.status
+        state["finished"] = True
+        raise SystemExit(int(status))
+
+    try:
+        react(guarded)
+    except SystemExit:
+        if not state["finished"]:  # stopped by a signal while still waiting
+            interrupted()
+        raise
+    raise AssertionError("react() returned")  # pragma: no cover (react always exits)
