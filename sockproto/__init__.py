@@ -60,6 +60,11 @@ _EXPORTS: dict[str, str] = {
     "ServerReset": "sockproto.halfclose.client",
     "AnswerTimeout": "sockproto.halfclose.client",
     "halfclose_request": "sockproto.halfclose.client",
+    # running services: graceful stop, threads, counters
+    "ServerService": "sockproto.service",
+    "ThreadedHandler": "sockproto.threads",
+    "ServiceMetrics": "sockproto.metrics",
+    "HandlerTimeout": "sockproto.answering",
 }
 
 __all__ = [
@@ -80,6 +85,7 @@ __all__ = [
     "HalfCloseServerFactory",
     "HalfCloseServerProtocol",
     "Handler",
+    "HandlerTimeout",
     "HeaderSpec",
     "INT16",
     "INT32",
@@ -94,6 +100,9 @@ __all__ = [
     "RequestTimeout",
     "SPF1",
     "ServerReset",
+    "ServerService",
+    "ServiceMetrics",
+    "ThreadedHandler",
     "UDPClientEndpoint",
     "UDPServerEndpoint",
     "connect_datagram",
@@ -104,6 +113,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .answering import HandlerTimeout
     from .core.datagram import MAX_UDP_PAYLOAD, DropReason
     from .core.decoder import Frame, FrameDecoder
     from .core.header import INT16, INT32, INT32LE, PRESETS, SPF1, HeaderSpec, PayloadTooLarge
@@ -133,7 +143,10 @@ if TYPE_CHECKING:
     )
     from .halfclose.server import HalfCloseServerFactory, HalfCloseServerProtocol
     from .handlers import Handler
+    from .metrics import ServiceMetrics
     from .request import Request
+    from .service import ServerService
+    from .threads import ThreadedHandler
 
 
 def __getattr__(name: str) -> Any:

@@ -1,21 +1,77 @@
-"""Listening services: bind an endpoint while the service runs, and say where."""
+"""Services: listen on endpoints while running, and stop gracefully (drain) on shutdown.
+
+:class:`ServerService` is what the twistd plugins run: one factory listening on every
+endpoint given, an optional thread pool for blocking handlers, and a graceful stop.
+Twisted has no drain helper, so the stop is spelled out here (twistd waits on the
+Deferred that :meth:`ServerService.stopService` returns, on SIGTERM or SIGINT):
+
+1. stop accepting: stream listeners close (a connection that still arrives is
+   refused), UDP sockets stop being read;
+2. drain: every request already received is served and answered; a connection
+   that owes nothing is closed at once, the others as soon as they owe nothing;
+3. after ``drain_timeout`` seconds, whatever remains is aborted (connections reset,
+   handlers cancelled);
+4. UDP sockets close, the thread pool stops (waiting for running handlers), and the
+   other children (the metrics endpoint) stop last.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from contextlib import suppress
+from typing import Any, ClassVar, Final, Protocol, cast
 
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred, succeed
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 
-__all__ = ["Listenable", "ListeningService", "listening_services"]
+from .logs import LogLimiter
+from .metrics import ServiceMetrics
+from .threads import ThreadedHandler
+
+__all__ = [
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DrainableFactory",
+    "Listenable",
+    "ListeningService",
+    "ServerService",
+    "listening_services",
+]
+
+DEFAULT_DRAIN_TIMEOUT: Final = 10.0
+"""Seconds a stopping service waits for the requests already received to be answered."""
+
+_ABORT_GRACE: Final = 2.0  # seconds for aborted connections to report connectionLost
 
 
 class Listenable(Protocol):
     """Anything with an endpoint's ``listen(factory)``: stream endpoints, sockproto's UDP ones."""
 
     def listen(self, factory: Any, /) -> Deferred[Any]: ...
+
+
+class DrainableFactory(Protocol):
+    """What :class:`ServerService` needs of a factory to stop it gracefully."""
+
+    replies_through_port: ClassVar[bool]
+    """Whether answers go out through the listening socket (UDP): then it closes last."""
+
+    @property
+    def metrics(self) -> ServiceMetrics:
+        """The service's counters."""
+
+    @property
+    def limiter(self) -> LogLimiter:
+        """The service's log rate limiter (flushed at the end of the stop)."""
+
+    def stop_accepting(self) -> None:
+        """Take no new connection or datagram from now on."""
+
+    def drain(self) -> Deferred[None]:
+        """Finish what was received; fire once nothing more is owed."""
+
+    def abort(self) -> int:
+        """Give up on what is still running (resets, cancellations); return how many."""
 
 
 class ListeningService(Service):
@@ -78,3 +134,124 @@ def listening_services(name: str, endpoints: list[tuple[str, Listenable]], facto
     for description, endpoint in endpoints:
         ListeningService(name, description, endpoint, factory).setServiceParent(parent)  # type: ignore[no-untyped-call]
     return parent
+
+
+class ServerService(MultiService):
+    """One sockproto service: ``factory`` listening on every endpoint, stopped gracefully.
+
+    :param kind: ``frame``, ``datagram`` or ``halfclose``: the service's name, for logs.
+    :param factory: a sockproto server factory (see :class:`DrainableFactory`).
+    :param endpoints: ``(description, endpoint)`` pairs to listen on.
+    :param drain_timeout: seconds the stop waits for requests already received; the
+        rest is aborted after that.  ``0`` aborts at once.
+    :param threads: the :class:`~sockproto.threads.ThreadedHandler` whose pool this
+        service starts and stops, if the handler runs in threads.
+    :param clock: the reactor timing the drain (the global reactor by default).
+
+    Other services added as children (the metrics endpoint) start after the listeners
+    and stop after the drain.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        kind: str,
+        factory: DrainableFactory,
+        endpoints: list[tuple[str, Listenable]],
+        *,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        threads: ThreadedHandler | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        if drain_timeout < 0:
+            raise ValueError(f"drain_timeout must not be negative, not {drain_timeout}")
+        self.setName(kind)  # type: ignore[no-untyped-call]
+        self.kind = kind
+        self.factory = factory
+        self.drain_timeout = drain_timeout
+        self.threads = threads
+        self.clock = clock
+        self.listeners: list[ListeningService] = []
+        for description, endpoint in endpoints:
+            listener = ListeningService(kind, description, endpoint, factory)
+            listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+            self.listeners.append(listener)
+
+    def startService(self) -> None:
+        if self.threads is not None:
+            self.threads.start()
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting, drain, abort what is left after the deadline, then stop the rest."""
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        factory = self.factory
+        factory.stop_accepting()
+        if not factory.replies_through_port:
+            await _stop_all(self.listeners)
+        metrics = factory.metrics
+        self._log.info(
+            "sockproto-{service} draining: {connections} connection(s) open, {in_flight} request(s) "
+            "in flight (up to {timeout:g} s)",
+            service=self.kind,
+            connections=metrics.connections_open,
+            in_flight=metrics.in_flight,
+            timeout=self.drain_timeout,
+            sockproto_event="drain_start",
+        )
+        aborted = await self._drain()
+        if factory.replies_through_port:
+            await _stop_all(self.listeners)
+        if self.threads is not None:
+            self.threads.stop()
+        await _stop_all([child for child in self if child not in self.listeners])
+        factory.limiter.flush(self._log)
+        self._log.info(
+            "sockproto-{service} stopped: {requests} request(s), {answers} answer(s), "
+            "{aborted} aborted at the drain deadline",
+            service=self.kind,
+            requests=metrics.requests,
+            answers=metrics.answers,
+            aborted=aborted,
+            sockproto_event="stopped",
+        )
+
+    async def _drain(self) -> int:
+        """Wait for the factory to drain, up to the deadline; return how many were aborted."""
+        clock = self._clock()
+        try:
+            await self.factory.drain().addTimeout(self.drain_timeout, clock)
+        except TimeoutError:
+            pass
+        else:
+            return 0
+        aborted = self.factory.abort()
+        self._log.warn(
+            "sockproto-{service}: the {timeout:g} s drain deadline passed: {aborted} aborted",
+            service=self.kind,
+            timeout=self.drain_timeout,
+            aborted=aborted,
+            sockproto_event="drain_aborted",
+        )
+        with suppress(TimeoutError):  # let the aborted connections report their loss
+            await self.factory.drain().addTimeout(_ABORT_GRACE, clock)
+        return aborted
+
+    def _clock(self) -> IReactorTime:
+        if self.clock is None:
+            from twisted.internet import reactor
+
+            self.clock = cast(IReactorTime, reactor)
+        return self.clock
+
+
+async def _stop_all(services: list[Any]) -> None:
+    """Stop ``services`` at once and wait for all of them."""
+    stopping = [maybeDeferred(IService(service).stopService) for service in services if service.running]
+    if stopping:
+        await DeferredList(stopping, consumeErrors=True)

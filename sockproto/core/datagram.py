@@ -83,6 +83,10 @@ class DropReason(Enum):
     """Raw mode: the handler raised, or did not return bytes."""
     SEND_FAILED = "send_failed"
     """The reply could not be sent (a full socket buffer, no route...)."""
+    RATE_LIMITED = "rate_limited"
+    """Its source was over the per-source rate limit."""
+    AMPLIFICATION = "amplification"
+    """Raw mode: the answer was over the amplification limit for an unverified source."""
 
     def __str__(self) -> str:
         return self.value.replace("_", " ")

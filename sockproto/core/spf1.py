@@ -47,9 +47,10 @@ class ErrorCode(IntEnum):
 def encode_error(code: int, message: str) -> bytes:
     """Return an ERROR payload: ``code`` as uint16, then ``message`` in UTF-8.
 
-    The message is cut to :data:`MAX_ERROR_MESSAGE` bytes on a character boundary.
+    The message is cut to :data:`MAX_ERROR_MESSAGE` bytes on a character boundary;
+    what UTF-8 cannot encode (a lone surrogate) becomes ``?``.
     """
-    raw = message.encode("utf-8")
+    raw = message.encode("utf-8", "replace")  # a lone surrogate becomes "?"
     if len(raw) > MAX_ERROR_MESSAGE:
         raw = raw[:MAX_ERROR_MESSAGE].decode("utf-8", "ignore").encode("utf-8")
     return _CODE.pack(code) + raw

@@ -11,6 +11,11 @@ wait their turn.
 The socket is connected, so the kernel drops datagrams from any other sender, and an
 ICMP "port unreachable" fails the requests at once with :class:`PortUnreachable`
 instead of letting them time out.
+
+A server's amplification guard answers a large answer to an unverified client with an
+ERROR 2 that carries a cookie (:mod:`sockproto.datagram.guard`); the client then
+returns the cookie in a PING and, once the PONG is back, asks again (once per request),
+which gets the answer from the server's reply cache.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ..core.header import PayloadTooLarge
 from ..core.spf1 import ErrorCode, Kind, decode_error
 from ..frame.client import RemoteError, RequestTimeout
 from .endpoints import UDPClientEndpoint, udp_client_from_string
+from .guard import COOKIE_PREFIX
 from .server import MODES, Mode
 
 __all__ = [
@@ -67,7 +73,7 @@ class PortUnreachable(ConnectionRefusedError):
 class _Waiter:
     """One request waiting for its answer."""
 
-    __slots__ = ("d", "datagram", "deadline", "delay", "ident", "kind", "left", "retry", "sends")
+    __slots__ = ("d", "datagram", "deadline", "delay", "ident", "kind", "left", "retry", "sends", "verifying")
 
     def __init__(
         self,
@@ -84,6 +90,7 @@ class _Waiter:
         self.left = retries
         self.delay = delay
         self.sends = 0
+        self.verifying = 0  # the amplification guard's cookie: 1 returned, 2 accepted
         self.d: Deferred[bytes] = Deferred(lambda d: forget(self))
         self.retry: IDelayedCall | None = None
         self.deadline: IDelayedCall | None = None
@@ -202,15 +209,18 @@ class DatagramClientProtocol(DatagramProtocol):
         if waiter is None or frame.kind not in (_ANSWERS[waiter.kind], Kind.ERROR):
             self.ignored += 1
             return
-        del self._waiting[waiter.ident]
         if frame.kind == Kind.ERROR:
             try:
                 code, message = decode_error(frame.payload)
             except ValueError as e:
                 code, message = ErrorCode.PROTOCOL_ERROR, str(e)
+            if self._verify(waiter, code, message):
+                return
+            del self._waiting[waiter.ident]
             self._fire(waiter, Failure(RemoteError(code, message)))
-        else:
-            self._fire(waiter, frame.payload)
+            return
+        del self._waiting[waiter.ident]
+        self._fire(waiter, frame.payload)
 
     def connectionRefused(self) -> None:
         """An ICMP "port unreachable" came back: fail what waits, at once."""
@@ -266,6 +276,27 @@ class DatagramClientProtocol(DatagramProtocol):
             waiter.left -= 1
             waiter.retry = self._reactor().callLater(waiter.delay, self._transmit, waiter)
             waiter.delay *= 2
+
+    def _verify(self, waiter: _Waiter, code: int, message: str) -> bool:
+        """Return the cookie of an amplification guard's ERROR 2, then ask again; whether it was one."""
+        cookie = message.partition(";")[0].encode("ascii", "replace")
+        if code != ErrorCode.TOO_LARGE or waiter.kind != Kind.REQUEST or not cookie.startswith(COOKIE_PREFIX):
+            return False
+        if waiter.verifying == 2:
+            return False  # verified, and refused again: give up
+        if waiter.verifying == 0:
+            waiter.verifying = 1
+            self.ping(cookie).addCallbacks(lambda _: self._verified(waiter), lambda _: None)
+        return True  # an answer to a copy sent before the cookie was returned: ignore it
+
+    def _verified(self, waiter: _Waiter) -> None:
+        """The server took the cookie: send the request again, at once."""
+        waiter.verifying = 2
+        if self._waiting.get(waiter.ident) is waiter:
+            transport: Any = self.transport
+            self.sent += 1
+            waiter.sends += 1
+            transport.write(waiter.datagram)
 
     def _allocate_id(self) -> int:
         """The next free id, from 1 up, wrapping (0 is left for errors about no request)."""

@@ -21,36 +21,33 @@ Two modes:
 Handlers see IPv4 peers of a dual-stack socket as plain IPv4, while the reply goes to
 the address as the socket reported it (Twisted's UDP ``write`` only takes literals of
 the socket's own family).
+
+Abuse resistance (:mod:`sockproto.datagram.guard`): an optional per-source rate limit
+(over it, datagrams are dropped, counted ``rate_limited``), and the amplification
+guard, on by default: an answer more than ``amplification`` times the size of its
+request goes only to a *verified* source; to another one it becomes an ERROR 2
+carrying a cookie (SPF/1) or is dropped (raw, counted ``amplification``).  A handler
+overrunning ``handler_timeout`` gets ERROR 6 (raw: dropped) and is cancelled.
+
+At shutdown (:meth:`DatagramServerFactory.stop_accepting`, then :meth:`~DatagramServerFactory.drain`)
+the sockets stop being read while the handlers already running finish and their
+answers are sent; the sockets close after that.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Any, Final, Literal, cast
+from collections.abc import Iterable
+from typing import ClassVar, Final, Literal, cast
 
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
-from twisted.internet.error import MessageLengthError
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from ..answering import call_handler
-from ..core.datagram import (
-    HEADER_SIZE,
-    MAX_UDP_PAYLOAD,
-    MIN_DATAGRAM,
-    SERVER_KINDS,
-    DropReason,
-    encode_datagram,
-    encode_error_datagram,
-    parse_datagram,
-)
-from ..core.spf1 import ErrorCode, Kind
+from ..core.datagram import MAX_UDP_PAYLOAD, MIN_DATAGRAM
 from ..handlers import Handler
-from ..request import Request, normalize_peer
-from .cache import DEFAULT_CACHE_AGE, DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, IN_PROGRESS, ReplyCache
+from ..logs import LogLimiter
+from .cache import DEFAULT_CACHE_AGE, DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, ReplyCache
+from .guard import DEFAULT_AMPLIFICATION, DEFAULT_TRUSTED, SourceRateLimit, SourceVerifier
+from .protocol import DatagramServerProtocol
 from .stats import DatagramStats
 
 __all__ = [
@@ -68,12 +65,6 @@ MODES: Final[tuple[Mode, ...]] = ("spf1", "raw")
 DEFAULT_MAX_PENDING: Final = 1024
 """Handlers allowed to run at once per socket; datagrams past that are dropped."""
 
-_PING: Final = int(Kind.PING)
-_PONG: Final = int(Kind.PONG)
-_RESPONSE: Final = int(Kind.RESPONSE)
-_PEERS_KEPT: Final = 4096  # sender addresses whose handler view is kept (then all are forgotten)
-_Address = tuple[str, int]
-
 
 class DatagramServerFactory:
     """One datagram service: handler, configuration and counters, shared by its sockets.
@@ -85,11 +76,24 @@ class DatagramServerFactory:
     :param cache_entries: replies kept per socket for retransmissions (SPF/1 mode).
     :param cache_bytes: reply bytes kept per socket.
     :param cache_age: seconds a reply is kept.
-    :param clock: the reactor whose time ages the cache (the global reactor by default).
-    :ivar stats: the service's :class:`~sockproto.datagram.stats.DatagramStats`.
+    :param handler_timeout: seconds an asynchronous handler has to answer; ``None``:
+        no limit.
+    :param rate_limit: requests per second allowed per source host (bursts of as many);
+        ``None``: no limit.
+    :param amplification: the largest answer to an unverified source, as a multiple of
+        its request's size; ``None`` disables the guard.
+    :param trusted: networks whose sources are verified (loopback by default).
+    :param clock: the reactor whose time ages the cache and runs the timeouts (the
+        global reactor by default).
+    :ivar stats: the service's :class:`~sockproto.datagram.stats.DatagramStats` (also
+        ``metrics``).
     :ivar protocols: the protocols serving a socket now.
+    :ivar verifier: the :class:`~sockproto.datagram.guard.SourceVerifier` (``None``
+        without a guard).
     :raises ValueError: for a setting out of range.
     """
+
+    replies_through_port: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -101,6 +105,10 @@ class DatagramServerFactory:
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         cache_age: float = DEFAULT_CACHE_AGE,
+        handler_timeout: float | None = None,
+        rate_limit: float | None = None,
+        amplification: int | None = DEFAULT_AMPLIFICATION,
+        trusted: Iterable[str] = DEFAULT_TRUSTED,
         clock: IReactorTime | None = None,
     ) -> None:
         if mode not in MODES:
@@ -113,6 +121,10 @@ class DatagramServerFactory:
             raise ValueError(f"max_pending must be at least 1, not {max_pending}")
         if cache_entries < 0 or cache_bytes < 0 or cache_age < 0:
             raise ValueError("the reply cache's bounds must not be negative")
+        if handler_timeout is not None and not handler_timeout > 0:
+            raise ValueError(f"handler_timeout must be positive or None, not {handler_timeout}")
+        if amplification is not None and amplification < 1:
+            raise ValueError(f"amplification must be at least 1 or None, not {amplification}")
         self.handler = handler
         self.mode: Mode = mode
         self.max_datagram = max_datagram
@@ -120,9 +132,16 @@ class DatagramServerFactory:
         self.cache_entries = cache_entries
         self.cache_bytes = cache_bytes
         self.cache_age = cache_age
+        self.handler_timeout = handler_timeout
+        self.amplification = amplification
         self.clock = clock
-        self.stats = DatagramStats()
+        self.rate_limit = SourceRateLimit(rate_limit, clock=clock) if rate_limit is not None else None
+        self.verifier = SourceVerifier(trusted, clock=clock) if amplification is not None else None
+        self.stats = self.metrics = DatagramStats()
+        self.limiter = LogLimiter(clock)
         self.protocols: set[DatagramServerProtocol] = set()
+        self.draining = False
+        self._drained: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress | None = None) -> DatagramServerProtocol:
         """Return a new protocol to serve one socket of this service."""
@@ -134,239 +153,40 @@ class DatagramServerFactory:
             self._clock(), max_entries=self.cache_entries, max_bytes=self.cache_bytes, max_age=self.cache_age
         )
 
+    # -- graceful stop (sockproto.service.DrainableFactory) -----------------------------
+
+    def stop_accepting(self) -> None:
+        """Stop reading every socket; they stay open for the answers still owed."""
+        self.draining = True
+        for protocol in list(self.protocols):
+            protocol.stop_reading()
+
+    def drain(self) -> Deferred[None]:
+        """Fire once no handler runs on any socket."""
+        self.draining = True
+        if not any(protocol.pending for protocol in self.protocols):
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._drained.remove)
+        self._drained.append(d)
+        return d
+
+    def check_drained(self) -> None:
+        """A handler finished while draining: fire :meth:`drain`'s Deferreds if it was the last."""
+        if self._drained and not any(protocol.pending for protocol in self.protocols):
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def abort(self) -> int:
+        """Cancel every handler still running; return how many."""
+        running = sum(protocol.pending for protocol in self.protocols)
+        for protocol in list(self.protocols):
+            protocol.abort()
+        return running
+
     def _clock(self) -> IReactorTime:
         if self.clock is None:
             from twisted.internet import reactor
 
             self.clock = cast(IReactorTime, reactor)
         return self.clock
-
-
-class DatagramServerProtocol(DatagramProtocol):
-    """Serve one UDP socket for a :class:`DatagramServerFactory`.
-
-    The settings are read from the factory when the protocol is built.  Listen with a
-    65536-byte read size (``maxPacketSize``), as :mod:`sockproto.datagram.endpoints`
-    does, or datagrams over Twisted's default 8192 bytes are cut without notice.
-
-    :ivar cache: this socket's :class:`~sockproto.datagram.cache.ReplyCache`.
-    """
-
-    _log = Logger()
-
-    def __init__(self, factory: DatagramServerFactory) -> None:
-        self.factory = factory
-        self.handler = factory.handler
-        self.mode = factory.mode
-        self.max_datagram = factory.max_datagram
-        self.max_pending = factory.max_pending
-        self.stats = factory.stats
-        self.cache = factory.make_cache()
-        self._raw = factory.mode == "raw"
-        self._pending: set[Deferred[bytes]] = set()
-        self._peers: dict[_Address, IAddress] = {}
-        self._closed = False
-
-    @property
-    def pending(self) -> int:
-        """Handlers running now."""
-        return len(self._pending)
-
-    # -- DatagramProtocol -------------------------------------------------------------
-
-    def startProtocol(self) -> None:
-        self._closed = False
-        self.factory.protocols.add(self)
-
-    def stopProtocol(self) -> None:
-        self._closed = True
-        self.factory.protocols.discard(self)
-        pending, self._pending = self._pending, set()
-        for d in pending:
-            d.cancel()
-        self.cache.clear()
-        self._peers.clear()
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        stats = self.stats
-        stats.received += 1
-        try:
-            peer = self._peers[addr]
-        except KeyError:
-            peer = self._new_peer(addr)
-        if self._raw:
-            request = Request(None, None, datagram, (), None, peer)
-            if len(self._pending) >= self.max_pending:
-                stats.drop(DropReason.OVERLOADED)
-                return
-            # The hot path, inlined: a plain bytes answer that fits is sent at once.
-            stats.handled += 1
-            try:
-                result = self.handler(request)
-            except Exception:
-                self._reply(Failure(), request, addr, None)
-                return
-            if type(result) is bytes and len(result) <= self.max_datagram and self.transport:
-                try:
-                    self.transport.write(result, addr)
-                except (OSError, MessageLengthError) as e:
-                    self._send_failed(result, addr, e)
-                else:
-                    stats.replied += 1
-            else:
-                self._answer(result, request, addr, None)
-            return
-        frame = parse_datagram(datagram, SERVER_KINDS, Request)
-        if type(frame) is not Request:
-            self.stats.drop(cast(DropReason, frame))
-            return
-        frame.peer = peer
-        if frame.kind == _PING:
-            self._send(self._framed(frame, _PONG, frame.payload), addr)
-            return
-        key = (addr, frame.id)
-        cached = self.cache.lookup(key)
-        if cached is None:
-            self._serve(frame, addr, key)
-        elif cached is IN_PROGRESS:
-            self.stats.drop(DropReason.IN_PROGRESS)
-        else:
-            self.stats.from_cache += 1
-            self._send(cast(bytes, cached), addr)
-
-    def _new_peer(self, addr: _Address) -> IAddress:
-        """Build (and remember) the handler's view of sender ``addr``."""
-        if len(self._peers) >= _PEERS_KEPT:
-            self._peers.clear()
-        host, port = addr[0], addr[1]
-        peer: IAddress
-        if ":" in host:
-            peer = normalize_peer(IPv6Address("UDP", host, port))
-        else:
-            peer = IPv4Address("UDP", host, port)
-        self._peers[addr] = peer
-        return peer
-
-    # -- serving ----------------------------------------------------------------------
-
-    def _serve(self, request: Request, addr: _Address, key: Hashable | None) -> None:
-        """Run the handler; reply now, or when its Deferred fires."""
-        if len(self._pending) >= self.max_pending:
-            self.stats.drop(DropReason.OVERLOADED)
-            return
-        self.stats.handled += 1
-        try:
-            result = self.handler(request)
-        except Exception:
-            self._reply(Failure(), request, addr, key)
-            return
-        self._answer(result, request, addr, key)
-
-    def _answer(self, result: object, request: Request, addr: _Address, key: Hashable | None) -> None:
-        """Reply to what the handler returned, now or when its Deferred fires."""
-        if type(result) is not bytes:
-            try:
-                result = _settle(result, request)
-            except TypeError:
-                self._reply(Failure(), request, addr, key)
-                return
-            if isinstance(result, Deferred):
-                if key is not None:
-                    self.cache.begin(key)
-                self._pending.add(result)
-                result.addBoth(self._answered, request, addr, key, result)
-                return
-        assert type(result) is bytes
-        self._reply(result, request, addr, key)
-
-    def _answered(
-        self,
-        result: bytes | Failure,
-        request: Request,
-        addr: _Address,
-        key: Hashable | None,
-        d: Deferred[bytes],
-    ) -> None:
-        self._pending.discard(d)
-        if self._closed:
-            return None  # the socket is closed (the Deferred was cancelled): no reply
-        if key is not None:
-            self.cache.finish(key, None)
-        self._reply(result, request, addr, key)
-        return None
-
-    def _reply(self, result: bytes | Failure, request: Request, addr: _Address, key: Hashable | None) -> None:
-        """Send (and, in SPF/1 mode, cache) the reply to ``result``."""
-        if self._raw:
-            if isinstance(result, Failure):
-                self._handler_failed(result, request)
-                self.stats.drop(DropReason.HANDLER_FAILED)
-            elif len(result) > self.max_datagram:
-                self._log.error(
-                    "dropped an answer of {size} bytes to {peer}: over the {limit}-byte datagram limit",
-                    size=len(result),
-                    peer=request.peer,
-                    limit=self.max_datagram,
-                )
-                self.stats.drop(DropReason.ANSWER_TOO_LARGE)
-            else:
-                self._send(result, addr)
-            return
-        if isinstance(result, Failure):
-            message = self._handler_failed(result, request)
-            reply = encode_error_datagram(
-                request.id or 0, ErrorCode.HANDLER_FAILED, message, self.max_datagram
-            )
-        else:
-            reply = self._framed(request, _RESPONSE, result)
-        if key is not None:
-            self.cache.store(key, reply)
-        self._send(reply, addr)
-
-    def _framed(self, request: Request, kind: int, payload: bytes) -> bytes:
-        """One SPF/1 datagram, or ERROR 2 if ``payload`` makes it too big."""
-        ident = request.id or 0
-        if len(payload) + HEADER_SIZE <= self.max_datagram:
-            return encode_datagram(kind, ident, payload)
-        message = (
-            f"answer of {len(payload)} bytes does not fit in a {self.max_datagram}-byte datagram "
-            f"with its {HEADER_SIZE}-byte header"
-        )
-        self._log.error("{message} (request {id} from {peer})", message=message, id=ident, peer=request.peer)
-        return encode_error_datagram(ident, ErrorCode.TOO_LARGE, message, self.max_datagram)
-
-    def _handler_failed(self, failure: Failure, request: Request) -> str:
-        """Log a handler failure; return the message an ERROR 4 carries."""
-        self._log.failure(
-            "handler {handler!r} failed for {peer}", failure=failure, handler=self.handler, peer=request.peer
-        )
-        name = failure.type.__name__ if isinstance(failure.type, type) else str(failure.type)
-        return f"handler failed: {name}: {failure.getErrorMessage()}"
-
-    def _send(self, datagram: bytes, addr: _Address) -> None:
-        """Write one reply; a failed send is counted, never raised into the reactor."""
-        transport = self.transport
-        if transport is None:
-            self.stats.drop(DropReason.SEND_FAILED)
-            return
-        try:
-            transport.write(datagram, addr)
-        except (OSError, MessageLengthError) as e:
-            self._send_failed(datagram, addr, e)
-        else:
-            self.stats.replied += 1
-
-    def _send_failed(self, datagram: bytes, addr: _Address, error: Exception) -> None:
-        self.stats.drop(DropReason.SEND_FAILED)
-        # Counted; logged at debug level only, since an overload would flood the log.
-        self._log.debug(
-            "could not send {size} bytes to {addr}: {error}", size=len(datagram), addr=addr, error=error
-        )
-
-
-def _settle(result: object, request: Request) -> bytes | Deferred[bytes]:
-    """Bring a handler result other than plain bytes to bytes or a Deferred of bytes.
-
-    :raises TypeError: if it is not bytes-like, a Deferred or a coroutine.
-    """
-    return call_handler(lambda _request: result, request)  # type: ignore[arg-type, return-value]

@@ -3,32 +3,46 @@
 from __future__ import annotations
 
 from ..core.datagram import DropReason
+from ..metrics import ServiceMetrics
 
 __all__ = ["DatagramStats"]
 
 
-class DatagramStats:
+class DatagramStats(ServiceMetrics):
     """Counters shared by every port of one datagram service.
 
-    Every datagram received is either answered (by the handler, from the reply cache,
-    or with a PONG), dropped for one :class:`~sockproto.core.datagram.DropReason`, or
-    still being handled.
+    A :class:`~sockproto.metrics.ServiceMetrics` (``requests``, ``answers``,
+    ``errors``, ``pings``, ``cache_hits``, ``bytes_in``, ``bytes_out``, ``in_flight``...;
+    the ``connections_*`` counters stay 0) with the datagram service's own.  Every
+    datagram received is either answered (by the handler, from the reply cache, or with
+    a PONG), dropped for one :class:`~sockproto.core.datagram.DropReason`, or still being
+    handled.
 
     :ivar received: datagrams received.
-    :ivar handled: handler calls started.
-    :ivar replied: reply datagrams sent (cached ones and PONGs included).
-    :ivar from_cache: retransmissions answered from the reply cache.
+    :ivar replied: reply datagrams sent (cached ones, PONGs and ERRORs included).
+    :ivar guarded: replies the amplification guard stopped (SPF/1: sent as an ERROR 2
+        with a cookie instead; raw: dropped, also counted as ``amplification``).
     :ivar drops: datagrams dropped, by reason (every reason is present, from 0).
     """
 
-    __slots__ = ("drops", "from_cache", "handled", "received", "replied")
+    __slots__ = ("drops", "guarded", "received", "replied")
 
-    def __init__(self) -> None:
+    def __init__(self, service: str = "datagram") -> None:
+        super().__init__(service)
         self.received = 0
-        self.handled = 0
         self.replied = 0
-        self.from_cache = 0
+        self.guarded = 0
         self.drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
+
+    @property
+    def handled(self) -> int:
+        """Handler calls started (:attr:`requests`)."""
+        return self.requests
+
+    @property
+    def from_cache(self) -> int:
+        """Retransmissions answered from the reply cache (:attr:`cache_hits`)."""
+        return self.cache_hits
 
     def drop(self, reason: DropReason) -> None:
         """Count one datagram dropped for ``reason``."""
@@ -41,19 +55,21 @@ class DatagramStats:
 
     def as_dict(self) -> dict[str, int]:
         """Every counter by name, drops as ``dropped_<reason>`` (for logs and metrics)."""
-        counts = {
-            "received": self.received,
-            "handled": self.handled,
-            "replied": self.replied,
-            "from_cache": self.from_cache,
-            "dropped": self.dropped,
-        }
+        counts = super().as_dict()
+        counts.update(
+            received=self.received,
+            handled=self.requests,
+            replied=self.replied,
+            from_cache=self.cache_hits,
+            guarded=self.guarded,
+            dropped=self.dropped,
+        )
         counts.update((f"dropped_{reason.value}", n) for reason, n in self.drops.items())
         return counts
 
     def __repr__(self) -> str:
         drops = ", ".join(f"{r.value}={n}" for r, n in self.drops.items() if n)
         return (
-            f"<DatagramStats received={self.received} handled={self.handled} replied={self.replied} "
-            f"from_cache={self.from_cache} dropped={self.dropped}{' (' + drops + ')' if drops else ''}>"
+            f"<DatagramStats received={self.received} handled={self.requests} replied={self.replied} "
+            f"from_cache={self.cache_hits} dropped={self.dropped}{' (' + drops + ')' if drops else ''}>"
         )

@@ -12,6 +12,10 @@ request has not arrived ``request_timeout`` seconds after connecting.  (On a UNI
 socket the kernel turns an abort into a reset only while the client is still sending;
 after the whole request was read, the client sees a plain end of file.)
 
+Limits: ``max_connections`` per service (a connection over it is reset at once),
+``handler_timeout`` per request (reset, the handler's Deferred cancelled).  At
+shutdown, see :meth:`HalfCloseServerProtocol.drain`.
+
 Only transports that deliver the peer's half-close can serve this protocol:
 ``tcp:``, ``tcp6:``, ``unix:`` (and ``systemd:`` sockets of those kinds).  Twisted's
 TLS layer has no half-close (twisted#5341).
@@ -19,21 +23,23 @@ TLS layer has no half-close (twisted#5341).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..answering import call_handler
+from ..answering import HandlerTimeout, call_handler, limit_time
+from ..core.spf1 import ErrorCode
 from ..handlers import Handler
-from ..request import Request, normalize_peer
+from ..logs import LogLimiter
+from ..metrics import ServiceMetrics
+from ..request import Request
+from ..stream import StreamServerFactory, StreamServerProtocol
 
 __all__ = [
     "DEFAULT_MAX_REQUEST",
@@ -52,7 +58,7 @@ _LOST = Failure(ConnectionDone())
 
 
 @implementer(IHalfCloseableProtocol)
-class HalfCloseServerProtocol(TimeoutMixin, Protocol):
+class HalfCloseServerProtocol(StreamServerProtocol):
     """Read one request to end of file, answer it with ``handler``, close.
 
     :param handler: called with a :class:`~sockproto.request.Request` (``id``,
@@ -62,12 +68,17 @@ class HalfCloseServerProtocol(TimeoutMixin, Protocol):
     :param request_timeout: seconds from connecting until the client's half-close;
         the connection is reset if the request is not complete by then.  ``None``
         disables the limit.
-    :param clock: the reactor used for the timeout (the global reactor by default).
+    :param handler_timeout: seconds an asynchronous handler has to answer; past that
+        the connection is reset and the handler's Deferred cancelled.  ``None``: no limit.
+    :param clock: the reactor used for the timeouts (the global reactor by default).
+    :param metrics: the counters to add to (the factory's; a new one by default).
+    :param limiter: rate-limits this connection's log events (the factory's).
 
     :ivar peer: the client's address, set when the connection is made.
     """
 
     _log = Logger()
+    kind = "halfclose"
 
     def __init__(
         self,
@@ -75,14 +86,16 @@ class HalfCloseServerProtocol(TimeoutMixin, Protocol):
         *,
         max_request: int = DEFAULT_MAX_REQUEST,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        handler_timeout: float | None = None,
         clock: IReactorTime | None = None,
+        metrics: ServiceMetrics | None = None,
+        limiter: LogLimiter | None = None,
     ) -> None:
+        super().__init__(clock=clock, metrics=metrics, limiter=limiter)
         self.handler = handler
         self.max_request = max_request
         self.request_timeout = request_timeout
-        self.clock = clock
-        self.peer: IAddress | None = None
-        self._connections: set[HalfCloseServerProtocol] | None = None  # the factory's, if any
+        self.handler_timeout = handler_timeout
         self._chunks: list[bytes] | None = []  # None once the request is complete or refused
         self._received = 0
         self._pending: Deferred[bytes] | None = None  # the handler's answer, if asynchronous
@@ -92,10 +105,8 @@ class HalfCloseServerProtocol(TimeoutMixin, Protocol):
     # -- IProtocol --------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.peer = normalize_peer(self.transport.getPeer())
-        if self._connections is not None:
-            self._connections.add(self)
+        self._track_open()
+        self.metrics.requests += 1  # one request per connection, whatever becomes of it
         if self.request_timeout is not None:
             self.setTimeout(self.request_timeout)  # type: ignore[no-untyped-call]
 
@@ -104,24 +115,23 @@ class HalfCloseServerProtocol(TimeoutMixin, Protocol):
         if chunks is None:
             return
         self._received += len(data)
+        self.metrics.bytes_in += len(data)
         if self._received > self.max_request:
             self._chunks = None
-            self._log.warn(
-                "request from {peer} passed the {limit}-byte limit: connection reset",
-                peer=self.peer,
-                limit=self.max_request,
-            )
-            self._reset()
+            self._note(
+                "request_too_large", LogLevel.warn,
+                "request from {peer} passed the {limit}-byte limit: connection reset", limit=self.max_request,
+            )  # fmt: skip
+            self._reset(ErrorCode.TOO_LARGE)
             return
         chunks.append(data)
 
     def connectionLost(self, reason: Failure = _LOST) -> None:
+        if not self._ending:
+            self.metrics.abandoned += 1  # the client went away before its answer
         self._lost = self._ending = True
         self._chunks = None
-        if self.timeOut is not None:
-            self.setTimeout(None)  # type: ignore[no-untyped-call]
-        if self._connections is not None:
-            self._connections.discard(self)
+        self._track_close(reason)
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -137,7 +147,7 @@ class HalfCloseServerProtocol(TimeoutMixin, Protocol):
         self.setTimeout(None)  # type: ignore[no-untyped-call]
         chunks, self._chunks = self._chunks, None
         if chunks is None or self._ending:  # refused already: the reset is under way
-            self._reset()
+            self._reset(None)
             return
         request = Request.bare(b"".join(chunks), self.peer)
         try:
@@ -152,36 +162,42 @@ class HalfCloseServerProtocol(TimeoutMixin, Protocol):
             self._answer(answer)
             return
         self._pending = answer
+        self.metrics.in_flight += 1
+        if self.handler_timeout is not None:
+            limit_time(answer, self.handler_timeout, self._clock())
         answer.addCallbacks(self._answered, self._failed)
 
     def writeConnectionLost(self) -> None:
         """Not used: the server never half-closes its own side."""
 
-    # -- TimeoutMixin -----------------------------------------------------------------
-
-    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
-        """Schedule the request timeout on :attr:`clock` (the global reactor by default)."""
-        clock = self.clock
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = self.clock = cast(IReactorTime, reactor)
-        return clock.callLater(period, func)
+    # -- timeouts and shutdown --------------------------------------------------------
 
     def timeoutConnection(self) -> None:
         """The whole request has not arrived in time: reset the connection."""
         self._chunks = None
-        self._log.info(
+        self._note(
+            "request_timeout", LogLevel.info,
             "no complete request from {peer} within {timeout:g} s: connection reset",
-            peer=self.peer,
             timeout=self.request_timeout,
-        )
-        self._reset()
+        )  # fmt: skip
+        self._reset(ErrorCode.TIMEOUT)
+
+    def drain(self) -> None:
+        """Shut down gracefully: a connection that has sent nothing is reset at once.
+
+        One whose request is arriving, or whose handler runs, goes on as usual (its
+        answer, then FIN) within the drain's deadline and the request timeout.
+        """
+        if self._received == 0 and self._chunks is not None and not self._ending:
+            self._chunks = None
+            self._reset(None)
+            self.metrics.abandoned += 1
 
     # -- internals --------------------------------------------------------------------
 
     def _answered(self, answer: bytes) -> None:
         self._pending = None
+        self.metrics.in_flight -= 1
         if not self._lost:
             self._answer(answer)
 
@@ -189,25 +205,40 @@ class HalfCloseServerProtocol(TimeoutMixin, Protocol):
         """Write the answer, then close cleanly (FIN once it is flushed)."""
         assert self.transport is not None
         self._ending = True
+        metrics = self.metrics
+        metrics.answers += 1
+        metrics.bytes_out += len(answer)
         self.transport.write(answer)
         self.transport.loseConnection()
 
     def _failed(self, failure: Failure) -> None:
-        """The handler failed: log the traceback and reset (never an empty answer)."""
-        self._pending = None
+        """The handler failed or overran: log it and reset (never an empty answer)."""
+        if self._pending is not None:
+            self._pending = None
+            self.metrics.in_flight -= 1
         if self._lost and failure.check(CancelledError):
             return None  # cancelled by connectionLost: nobody to tell
-        self._log.failure(
-            "handler {handler!r} failed for {peer}: connection reset",
-            failure=failure,
-            handler=self.handler,
-            peer=self.peer,
-        )
-        self._reset()
+        if failure.check(HandlerTimeout):
+            self._note(
+                "handler_timeout", LogLevel.warn, "request from {peer}: {message}: connection reset",
+                message=failure.getErrorMessage(),
+            )  # fmt: skip
+            self._reset(ErrorCode.TIMEOUT)
+            return None
+        self.limiter.failure(
+            self._log, "handler_failed", "handler {handler!r} failed for {peer}: connection reset", failure,
+            handler=self.handler, peer=self.peer, service=self.kind,
+        )  # fmt: skip
+        self._reset(ErrorCode.HANDLER_FAILED)
         return None
 
-    def _reset(self) -> None:
-        """Abort the connection: the client sees a reset, not an end of file."""
+    def _reset(self, code: ErrorCode | None) -> None:
+        """Abort the connection: the client sees a reset, not an end of file.
+
+        :param code: the error the reset stands for, counted; ``None``: counted already.
+        """
+        if code is not None and not self._ending:
+            self.metrics.errors[code] += 1
         self._ending = True
         self.setTimeout(None)  # type: ignore[no-untyped-call]
         if self._lost:
@@ -216,20 +247,25 @@ class HalfCloseServerProtocol(TimeoutMixin, Protocol):
         transport.abortConnection()
 
 
-class HalfCloseServerFactory(Factory):
-    """Build :class:`HalfCloseServerProtocol` instances sharing one configuration.
+class HalfCloseServerFactory(StreamServerFactory):
+    """Build :class:`HalfCloseServerProtocol` instances sharing one configuration and counters.
 
     :param handler: see :mod:`sockproto.handlers`.
     :param max_request: the largest request accepted, in bytes.
     :param request_timeout: seconds a client has, from connecting, to send its whole
         request; ``None`` for no limit.
+    :param max_connections: connections served at once; a new connection over it is
+        reset at once.  ``None``: no limit.
+    :param handler_timeout: seconds an asynchronous handler has to answer (reset after
+        that); ``None``: no limit.
     :param clock: the reactor used for timeouts (the global reactor by default).
 
-    :ivar connections: the protocols whose connection is open, for whoever needs to
-        count, drain or close them.
+    :ivar connections: the protocols whose connection is open.
+    :ivar metrics: the service's :class:`~sockproto.metrics.ServiceMetrics`.
     """
 
     protocol = HalfCloseServerProtocol
+    kind = "halfclose"
 
     def __init__(
         self,
@@ -237,29 +273,41 @@ class HalfCloseServerFactory(Factory):
         *,
         max_request: int = DEFAULT_MAX_REQUEST,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        max_connections: int | None = None,
+        handler_timeout: float | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         if max_request < 0:
             raise ValueError(f"max_request must be >= 0, not {max_request}")
-        if request_timeout is not None and not request_timeout > 0:
-            raise ValueError(f"request_timeout must be positive or None, not {request_timeout}")
+        for name, value in (("request_timeout", request_timeout), ("handler_timeout", handler_timeout)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive or None, not {value}")
+        super().__init__(max_connections=max_connections, clock=clock)
         self.handler = handler
         self.max_request = max_request
         self.request_timeout = request_timeout
-        self.clock = clock
-        self.connections: set[HalfCloseServerProtocol] = set()
+        self.handler_timeout = handler_timeout
 
-    def buildProtocol(self, addr: IAddress | None) -> HalfCloseServerProtocol:
-        if self.clock is None:
-            from twisted.internet import reactor
-
-            self.clock = cast(IReactorTime, reactor)
-        proto = HalfCloseServerProtocol(
+    def build(self, addr: IAddress | None) -> HalfCloseServerProtocol:
+        """Return the protocol serving one admitted connection."""
+        return HalfCloseServerProtocol(
             self.handler,
             max_request=self.max_request,
             request_timeout=self.request_timeout,
-            clock=self.clock,
+            handler_timeout=self.handler_timeout,
+            clock=self._clock(),
+            metrics=self.metrics,
+            limiter=self.limiter,
         )
-        proto.factory = self
-        proto._connections = self.connections
-        return proto
+
+    def refusal(self, addr: IAddress | None) -> Protocol:
+        """Return the protocol that resets one refused connection."""
+        return _Refusal()
+
+
+class _Refusal(Protocol):
+    """Reset a refused connection at once: a half-close client takes a reset as a failure."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.abortConnection()

@@ -10,13 +10,16 @@ from twisted.python import usage
 
 from ..core.datagram import MAX_UDP_PAYLOAD, MIN_DATAGRAM
 from ..datagram.endpoints import UDPServerEndpoint, udp_server_from_string
+from ..datagram.guard import DEFAULT_AMPLIFICATION, DEFAULT_TRUSTED, parse_network
 from ..datagram.server import MODES, DatagramServerFactory, Mode
-from ..service import listening_services
-from .options import ServiceOptions, parse_size
+from .options import ServiceOptions, optional, parse_count, parse_rate, parse_size, server_service
 
-__all__ = ["DEFAULT_LISTEN", "Options", "makeService"]
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_RATE_LIMIT", "Options", "makeService"]
 
 DEFAULT_LISTEN = "udp:8751:interface=127.0.0.1"
+
+DEFAULT_RATE_LIMIT = 1000.0
+"""``--rate-limit``'s default: requests per second per source host."""
 
 
 def parse_mode(text: str) -> Mode:
@@ -63,16 +66,44 @@ class Options(ServiceOptions):
             str(MAX_UDP_PAYLOAD),
             f"the largest reply datagram, {MIN_DATAGRAM} to {MAX_UDP_PAYLOAD} bytes",
         ],
+        [
+            "rate-limit",
+            None,
+            f"{DEFAULT_RATE_LIMIT:g}",
+            "requests per second per source host (bursts of as many); more are dropped; or none",
+        ],
+        [
+            "amplification",
+            None,
+            str(DEFAULT_AMPLIFICATION),
+            "an unverified source gets no answer over N times its request (ERROR 2, raw: dropped), or none",
+        ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["trusted"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on ENDPOINT: udp:PORT[:interface=ADDR] (repeatable)."""
         super().opt_listen(endpoint)
 
+    def opt_trusted(self, network: str) -> None:
+        """Sources in NETWORK (10.0.0.0/8, fd00::/8...) are verified: no amplification limit
+        (repeatable; loopback unless given)."""
+        try:
+            self["trusted"].append(str(parse_network(network)))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted: {e}") from e
+
     def postOptions(self) -> None:
         super().postOptions()
         self.convert("header", parse_mode)
         self.convert("max-datagram", parse_max_datagram)
+        self.convert("rate-limit", optional(parse_rate))
+        self.convert("amplification", optional(parse_count))
+        if not self["trusted"]:
+            self["trusted"] = list(DEFAULT_TRUSTED)
 
     def server_endpoint(self, text: str) -> UDPServerEndpoint:
         """Parse one ``--listen`` value as a UDP endpoint string."""
@@ -84,7 +115,14 @@ class Options(ServiceOptions):
 
 def makeService(options: Options) -> IService:
     """Build the service ``twistd sockproto-datagram`` runs."""
+    handler, threads = options.handler()
     factory = DatagramServerFactory(
-        options["handler"], mode=options["header"], max_datagram=options["max-datagram"]
+        handler,
+        mode=options["header"],
+        max_datagram=options["max-datagram"],
+        handler_timeout=options["handler-timeout"],
+        rate_limit=options["rate-limit"],
+        amplification=options["amplification"],
+        trusted=options["trusted"],
     )
-    return listening_services("datagram", options["endpoints"], factory)
+    return server_service("datagram", factory, options, threads)

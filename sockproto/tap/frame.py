@@ -8,12 +8,14 @@ from twisted.application.service import IService
 
 from ..core.header import PRESETS
 from ..frame.server import DEFAULT_MAX_IN_FLIGHT, FrameServerFactory
-from ..service import listening_services
-from .options import ServiceOptions, parse_count, parse_size
+from .options import StreamServiceOptions, optional, parse_count, parse_duration, parse_size, server_service
 
-__all__ = ["DEFAULT_LISTEN", "Options", "makeService"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_LISTEN", "Options", "makeService"]
 
 DEFAULT_LISTEN = "tcp:8750:interface=127.0.0.1"
+
+DEFAULT_IDLE_TIMEOUT = 300.0
+"""``--idle-timeout``'s default, in seconds."""
 
 
 def _parse_header(name: str) -> Any:
@@ -23,7 +25,7 @@ def _parse_header(name: str) -> Any:
         raise ValueError(f"expected one of {', '.join(PRESETS)}, got {name!r}") from None
 
 
-class Options(ServiceOptions):
+class Options(StreamServiceOptions):
     """Options of ``twistd sockproto-frame``."""
 
     synopsis = "[--listen ENDPOINT]... [--handler NAME] [--header spf1|int32|int16|int32le]"
@@ -37,6 +39,12 @@ class Options(ServiceOptions):
         ["header", None, "spf1", f"the wire header: {', '.join(PRESETS)}"],
         ["max-payload", None, "16MiB", "the largest request accepted (65536, 64KiB, 16MiB...)"],
         ["max-in-flight", None, str(DEFAULT_MAX_IN_FLIGHT), "unanswered requests per connection"],
+        [
+            "idle-timeout",
+            None,
+            f"{DEFAULT_IDLE_TIMEOUT:g}",
+            "seconds a connection may stay without a whole frame (a PING counts) and nothing owed, or none",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -44,14 +52,19 @@ class Options(ServiceOptions):
         self.convert("header", _parse_header)
         self.convert("max-payload", parse_size)
         self.convert("max-in-flight", parse_count)
+        self.convert("idle-timeout", optional(parse_duration))
 
 
 def makeService(options: Options) -> IService:
     """Build the service ``twistd sockproto-frame`` runs."""
+    handler, threads = options.handler()
     factory = FrameServerFactory(
-        options["handler"],
+        handler,
         header=options["header"],
         max_payload=options["max-payload"],
         max_in_flight=options["max-in-flight"],
+        max_connections=options["max-connections"],
+        idle_timeout=options["idle-timeout"],
+        handler_timeout=options["handler-timeout"],
     )
-    return listening_services("frame", options["endpoints"], factory)
+    return server_service("frame", factory, options, threads)

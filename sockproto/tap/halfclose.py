@@ -9,8 +9,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.python import usage
 
 from ..halfclose.server import DEFAULT_MAX_REQUEST, DEFAULT_REQUEST_TIMEOUT, HalfCloseServerFactory
-from ..service import listening_services
-from .options import ServiceOptions, parse_duration, parse_size
+from .options import StreamServiceOptions, parse_duration, parse_size, server_service
 
 __all__ = ["DEFAULT_LISTEN", "TLS_TYPES", "Options", "makeService"]
 
@@ -20,7 +19,7 @@ TLS_TYPES = frozenset({"ssl", "tls"})
 """Endpoint types refused: Twisted's TLS layer has no half-close (twisted#5341)."""
 
 
-class Options(ServiceOptions):
+class Options(StreamServiceOptions):
     """Options of ``twistd sockproto-halfclose``."""
 
     synopsis = "[--listen ENDPOINT]... [--handler NAME] [--max-request BYTES] [--request-timeout SECONDS]"
@@ -68,9 +67,12 @@ class Options(ServiceOptions):
 
 def makeService(options: Options) -> IService:
     """Build the service ``twistd sockproto-halfclose`` runs."""
+    handler, threads = options.handler()
     factory = HalfCloseServerFactory(
-        options["handler"],
+        handler,
         max_request=options["max-request"],
         request_timeout=options["request-timeout"],
+        max_connections=options["max-connections"],
+        handler_timeout=options["handler-timeout"],
     )
-    return listening_services("halfclose", options["endpoints"], factory)
+    return server_service("halfclose", factory, options, threads)

@@ -41,6 +41,8 @@ class FakeDatagramTransport:
     :ivar connected_to: the address given to :meth:`connect`, or ``None``.
     :ivar protocol: the protocol :meth:`attach` started.
     :ivar listening: ``False`` once :meth:`stopListening` was called.
+    :ivar reading: ``False`` after :meth:`stopReading` (a draining server): datagrams
+        delivered then are not given to the protocol, and counted in :attr:`unread`.
     :ivar fail_with: if set, ``write`` raises it (a full socket buffer: ``OSError(ENOBUFS)``...).
     """
 
@@ -53,6 +55,8 @@ class FakeDatagramTransport:
         self.connected_to: Address | None = None
         self.protocol: AbstractDatagramProtocol | None = None
         self.listening = True
+        self.reading = True
+        self.unread = 0
         self.broadcast = False
         self.fail_with: BaseException | None = None
 
@@ -95,6 +99,14 @@ class FakeDatagramTransport:
                 self.protocol.doStop()
         return succeed(None)
 
+    def stopReading(self) -> None:
+        """Stop reading datagrams (they wait in the kernel's buffer, and are lost at close)."""
+        self.reading = False
+
+    def startReading(self) -> None:
+        """Read datagrams again."""
+        self.reading = True
+
     def setBroadcastAllowed(self, enabled: bool) -> None:
         self.broadcast = bool(enabled)
 
@@ -111,6 +123,9 @@ class FakeDatagramTransport:
         """
         assert self.protocol is not None, "attach() a protocol first"
         start = len(self.written)
+        if not self.reading:
+            self.unread += 1
+            return []
         self.protocol.datagramReceived(datagram, addr)
         return self.written[start:]
 

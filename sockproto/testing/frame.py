@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -110,7 +110,7 @@ def frame_pair(
     :param chunk_size: split every delivery into reads of at most this many bytes.
     """
     factory = _factory(handler, header, max_payload, max_in_flight)
-    server = factory.buildProtocol(peer)
+    server = cast(FrameServerProtocol, factory.buildProtocol(peer))  # a refusal if over the limit
     clock = clock if clock is not None else Clock()
     client = FrameClientProtocol(factory.header, clock=clock)
     connection = connect_protocols(

@@ -299,6 +299,8 @@ class MemoryConnection:
                 data = writer._take()
                 step = self.chunk_size or len(data)
                 for start in range(0, len(data), step):
+                    if reader.aborted:
+                        break  # the reader reset the connection: Twisted delivers no more
                     if not reader.reading or reader.disconnected:
                         if not reader.disconnected:
                             writer._unshift(data[start:])  # paused: the rest waits

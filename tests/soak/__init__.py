@@ -1,0 +1,1 @@
+"""The soak test: every service under good and bad load at once, in real processes."""
