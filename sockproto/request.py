@@ -29,6 +29,10 @@ class Request(Frame):
     __slots__ = ("peer",)
     peer: IAddress | None
 
+    #: Like :class:`~sockproto.core.decoder.Frame`, the decoder builds requests
+    #: without calling ``__init__``: the service sets ``peer`` before any handler runs.
+    decoder_skips_init = True
+
     def __init__(
         self,
         kind: int | None,

@@ -19,8 +19,7 @@ Plain Python: no Twisted import (the sans-IO rule).
 from __future__ import annotations
 
 from collections.abc import Container
-from operator import itemgetter
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar, cast
 
 from .header import SPF1, FieldValue, HeaderSpec
 
@@ -51,6 +50,11 @@ class Frame:
     """
 
     __slots__ = ("header", "id", "kind", "payload", "spec")
+
+    #: The decoder may build instances with ``cls.__new__(cls)`` and the five
+    #: assignments :meth:`__init__` makes, which saves a Python call per frame.  A
+    #: subclass whose ``__init__`` must run for decoded frames sets this to False.
+    decoder_skips_init: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -146,6 +150,21 @@ class FrameDecoder(Generic[F]):
         taking the same arguments.
     """
 
+    __slots__ = (
+        "_bare",
+        "_collecting",
+        "_current",
+        "_failed",
+        "_frame_type",
+        "_head",
+        "_kinds",
+        "_need",
+        "_new",
+        "_parts",
+        "max_payload",
+        "spec",
+    )
+
     def __init__(
         self,
         spec: HeaderSpec = SPF1,
@@ -160,16 +179,14 @@ class FrameDecoder(Generic[F]):
         self.max_payload: Final = min(max_payload, spec.max_payload)
         self._kinds = accept_kinds if spec.has_kind else None
         self._frame_type = frame_type
-        const_idx = tuple(spec.names.index(n) for n in spec.constants)
-        const_vals = tuple(spec.constants.values())
-        self._const_get = itemgetter(*const_idx) if const_idx else None
-        self._const_val = const_vals if len(const_vals) > 1 else (const_vals or (None,))[0]
-        bare = spec.names == (spec.length_field,) and not spec.length_offset
-        self._scan = self._scan_bare if bare else self._scan_general
+        self._new = frame_type.__new__ if frame_type.decoder_skips_init else None
+        self._bare = spec.pack_bare is not None
         self._head = b""  # the start of an incomplete header (shorter than spec.size)
         self._need = 0  # bytes still owed to the current frame's payload
         self._collecting = False  # whether those bytes are kept (else discarded)
-        self._parts: list[bytes | memoryview] = []  # kept payload pieces, zero-copy
+        # kept payload pieces, zero-copy; a shared empty tuple between frames (an idle
+        # connection's decoder should cost little)
+        self._parts: list[bytes | memoryview] | tuple[()] = ()
         self._current: tuple[int | None, int | None, tuple[FieldValue, ...]] = (None, None, ())
         self._failed: str | None = None
 
@@ -236,7 +253,7 @@ class FrameDecoder(Generic[F]):
             off = self._begin(self.spec.struct.unpack(head + data[:take]), data, take, end, events)
             if off < 0:
                 return events
-        off = self._scan(data, off, end, events)
+        off = (self._scan_bare if self._bare else self._scan_general)(data, off, end, events)
         if 0 <= off < end:
             self._hold(data[off:], events)
         return events
@@ -252,6 +269,7 @@ class FrameDecoder(Generic[F]):
         unpack_from = spec.struct.unpack_from
         maxp = self.max_payload
         ftype = self._frame_type
+        new = self._new
         append = events.append
         while end - off >= size:
             h = unpack_from(data, off)
@@ -262,7 +280,15 @@ class FrameDecoder(Generic[F]):
                 if off < 0:
                     return -1
                 continue
-            append(ftype(None, None, data[start:stop], h, spec))
+            if new is None:
+                append(ftype(None, None, data[start:stop], h, spec))
+            else:  # what Frame.__init__ does, without the call
+                frame = new(ftype)
+                frame.kind = frame.id = None
+                frame.payload = data[start:stop]
+                frame.header = h
+                frame.spec = spec
+                append(frame)
             off = stop
         return off
 
@@ -274,8 +300,9 @@ class FrameDecoder(Generic[F]):
         li, ki, ii, adj = spec.length_index, spec.kind_index, spec.id_index, spec.length_offset
         maxp = self.max_payload
         kinds = self._kinds
-        const_get, const_val = self._const_get, self._const_val
+        const_get, const_val = spec.constant_getter, spec.constant_value
         ftype = self._frame_type
+        new = self._new
         append = events.append
         while end - off >= size:
             h = unpack_from(data, off)
@@ -294,7 +321,16 @@ class FrameDecoder(Generic[F]):
                 if off < 0:
                     return -1
                 continue
-            append(ftype(kind, h[ii] if ii >= 0 else None, data[start:stop], h, spec))
+            if new is None:
+                append(ftype(kind, h[ii] if ii >= 0 else None, data[start:stop], h, spec))
+            else:  # what Frame.__init__ does, without the call
+                frame = new(ftype)
+                frame.kind = kind
+                frame.id = h[ii] if ii >= 0 else None
+                frame.payload = data[start:stop]
+                frame.header = h
+                frame.spec = spec
+                append(frame)
             off = stop
         return off
 
@@ -351,14 +387,14 @@ class FrameDecoder(Generic[F]):
         need = self._need
         if len(data) < need:
             if self._collecting:
-                self._parts.append(data)
+                cast("list[bytes | memoryview]", self._parts).append(data)
             self._need = need - len(data)
             return -1
         self._need = 0
         if self._collecting:
-            parts = self._parts
+            parts = cast("list[bytes | memoryview]", self._parts)
             parts.append(memoryview(data)[:need])
-            self._parts = []
+            self._parts = ()
             kind, ident, h = self._current
             self._current = (None, None, ())
             events.append(self._frame_type(kind, ident, b"".join(parts), h, self.spec))
@@ -375,6 +411,6 @@ class FrameDecoder(Generic[F]):
     def _fail(self, reason: str, events: list[F | Oversized | UnexpectedKind | Malformed]) -> None:
         self._failed = reason
         self._head = b""
-        self._parts = []
+        self._parts = ()
         self._need = 0
         events.append(Malformed(reason))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 from typing import Final, Literal
 
 __all__ = [
@@ -115,7 +116,17 @@ class HeaderSpec:
         )
         #: ``(field, byte offset, wire bytes)`` of each constant field, in wire order
         self.constant_fields: Final = _constant_fields(self.struct.format, names, constants)
+        const_idx = tuple(names.index(n) for n in constants)
+        const_vals = tuple(constants.values())
+        #: ``constant_getter(values) == constant_value`` when the constants are right
+        #: (the decoder's hot-path check); ``None`` without constant fields
+        self.constant_getter: Final = itemgetter(*const_idx) if const_idx else None
+        self.constant_value: Final = const_vals if len(const_vals) > 1 else (const_vals or (None,))[0]
         self.pack_frame_header: Final = self._make_packer()
+        bare = names == (length,) and not self.length_offset
+        #: for a bare length prefix (``INT32``...), ``pack_bare(n)`` is the header of an
+        #: ``n``-byte payload in one C call; ``None`` for any other header
+        self.pack_bare: Final = self.struct.pack if bare else None
 
     @property
     def has_kind(self) -> bool:

@@ -6,7 +6,6 @@ See :mod:`sockproto.frame.server` for the behaviour; this module holds the proto
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,20 +88,18 @@ class FrameServerProtocol(FrameAnswers):
         self.handler = handler
         self.header = header
         self.max_in_flight = max_in_flight
-        self._decoder: FrameDecoder[Request] = FrameDecoder(
-            header,
-            max_payload=max_payload,
-            accept_kinds=_SERVED_KINDS,
-            frame_type=Request,
-        )
+        if max_payload < 0:
+            raise ValueError(f"max_payload must be >= 0, not {max_payload}")
+        self.max_payload = min(max_payload, header.max_payload)
+        self._decoder: FrameDecoder[Request] | None = None  # made by the first read
         self._ordered = not header.has_id  # answers must follow request order
-        bare = header.names == (header.length_field,) and not header.length_offset
-        self._bare_pack = header.struct.pack if bare else None
         self.idle_timeout = idle_timeout
         self.handler_timeout = handler_timeout
-        self._backlog: deque[Any] = deque()  # decoded events held back by flow control
-        self._queue: deque[_Slot] = deque()  # ordered mode: answers owed, oldest first
-        self._pending: set[Deferred[bytes]] = set()  # handlers still running
+        # An idle connection should cost little: the backlog and the queue are the shared
+        # empty tuple until used (an empty deque is 760 bytes, an empty list 56).
+        self._backlog: list[Any] | tuple[()] = ()  # decoded events held back by flow control
+        self._queue: list[_Slot] | tuple[()] = ()  # ordered mode: answers owed, oldest first
+        self._pending: dict[Deferred[bytes], None] = {}  # handlers still running
         self._batch: list[bytes] | None = None  # the answers of the read being served
         self._write_paused = False
         self._read_paused = False
@@ -110,6 +107,11 @@ class FrameServerProtocol(FrameAnswers):
         self._draining = False  # shutting down: serve what was received, then close
         self._eof = False  # the client shut down its write side
         self._closed = False
+
+    @property
+    def _between_frames(self) -> bool:
+        """Whether no frame is partly received."""
+        return self._decoder is None or self._decoder.idle
 
     @property
     def in_flight(self) -> int:
@@ -129,20 +131,24 @@ class FrameServerProtocol(FrameAnswers):
         if self._stopping:
             return
         self.metrics.bytes_in += len(data)
-        events = self._decoder.feed(data)
+        decoder = self._decoder
+        if decoder is None:  # not before: an idle connection should cost little
+            decoder = self._decoder = FrameDecoder(
+                self.header, max_payload=self.max_payload, accept_kinds=_SERVED_KINDS, frame_type=Request
+            )
+        events = decoder.feed(data)
         if events and self.timeOut is not None:
             self.resetTimeout()  # type: ignore[no-untyped-call]  # a whole frame is activity
         if self._backlog or self._blocked():
-            self._backlog.extend(events)
+            self._hold_back(events)
             self._update_reading()
         else:
             self._serve(events)
 
     def connectionLost(self, reason: Failure = _LOST) -> None:
         self._closed = self._stopping = True
-        self._backlog.clear()
-        self._queue.clear()
-        pending, self._pending = self._pending, set()
+        self._backlog = self._queue = ()
+        pending, self._pending = self._pending, {}
         for d in pending:
             d.cancel()  # _answered counts it abandoned
         self._track_close(reason)
@@ -209,7 +215,7 @@ class FrameServerProtocol(FrameAnswers):
 
     def _drained(self) -> bool:
         """Whether a draining connection owes nothing and holds no partial frame."""
-        return not (self._pending or self._queue or self._backlog) and (self._decoder.idle or self._eof)
+        return not (self._pending or self._queue or self._backlog) and (self._between_frames or self._eof)
 
     # -- serving ----------------------------------------------------------------------
 
@@ -223,7 +229,7 @@ class FrameServerProtocol(FrameAnswers):
         peer = self.peer
         queue = self._queue
         max_answer = self.header.max_payload
-        bare_pack = self._bare_pack
+        bare_pack = self.header.pack_bare
         pings = slow = 0  # counted per read, in locals: no per-frame attribute work
         rest: Iterator[Any] | None = iter(events)
         assert rest is not None
@@ -254,6 +260,7 @@ class FrameServerProtocol(FrameAnswers):
                             continue
                         slow += 1
                         self._answer_later(event, result, out)
+                        queue = self._queue  # it may have been created
                     if self._blocked() or self._stopping:
                         break
                 else:
@@ -273,7 +280,7 @@ class FrameServerProtocol(FrameAnswers):
             left = list(rest)
             served -= len(left)
             if not self._stopping:
-                self._backlog.extend(left)  # held back by flow control
+                self._hold_back(left)
         # Every frame served but the PINGs is a request; those not answered at once
         # (``slow``) count their answer or error where it is made.
         metrics = self.metrics
@@ -297,8 +304,8 @@ class FrameServerProtocol(FrameAnswers):
             return
         slot = _Slot() if self._ordered else None
         if slot is not None:
-            self._queue.append(slot)
-        self._pending.add(result)
+            self._owe(slot)
+        self._pending[result] = None
         self.metrics.in_flight += 1
         result.addCallback(as_answer)
         if self.handler_timeout is not None:
@@ -309,7 +316,7 @@ class FrameServerProtocol(FrameAnswers):
         self, result: bytes | Failure, request: Request, slot: _Slot | None, d: Deferred[bytes]
     ) -> None:
         """Write (or queue) an asynchronous answer when its handler is done."""
-        self._pending.discard(d)
+        self._pending.pop(d, None)
         self.metrics.in_flight -= 1
         if self._closed or (self._stopping and slot is None):
             self.metrics.abandoned += 1
@@ -333,7 +340,7 @@ class FrameServerProtocol(FrameAnswers):
         """Answer a frame whose payload the decoder discards, then go on."""
         if type(event) is Oversized:
             code = ErrorCode.TOO_LARGE
-            what = f"payload of {event.length} bytes is over the {self._decoder.max_payload}-byte limit"
+            what = f"payload of {event.length} bytes is over the {self.max_payload}-byte limit"
         else:
             code = ErrorCode.UNEXPECTED_KIND
             what = f"frame kind {event.kind} is not a request"
@@ -356,16 +363,30 @@ class FrameServerProtocol(FrameAnswers):
                 out += frames
                 return
             slot = _Slot()
-            self._queue.append(slot)
+            self._owe(slot)
         slot.frames = frames
         slot.fatal = fatal
         slot.done = True
         queue = self._queue
         while queue and queue[0].done:
-            head = queue.popleft()
+            head = queue.pop(0)
             out += head.frames
             if head.fatal:
-                queue.clear()
+                self._queue = queue = ()
+
+    def _hold_back(self, events: list[Any]) -> None:
+        """Keep ``events`` until flow control lets them be served."""
+        if self._backlog:
+            self._backlog.extend(events)
+        else:
+            self._backlog = list(events)
+
+    def _owe(self, slot: _Slot) -> None:
+        """Queue an answer owed in request order."""
+        if self._queue:
+            self._queue.append(slot)
+        else:
+            self._queue = [slot]
 
     def _flush(self, out: list[bytes]) -> None:
         """Write ``out`` in one call; close if stopping and nothing more is owed."""
@@ -383,7 +404,7 @@ class FrameServerProtocol(FrameAnswers):
     def _stop(self) -> None:
         """Serve no more requests: the stream is broken or the header has no error channel."""
         self._stopping = True
-        self._backlog.clear()
+        self._backlog = ()
 
     # -- flow control -----------------------------------------------------------------
 
@@ -393,7 +414,7 @@ class FrameServerProtocol(FrameAnswers):
     def _update_reading(self) -> None:
         """Pause or resume reading the transport to match the flow-control state."""
         pause = self._stopping or self._blocked() or bool(self._backlog)
-        if self._draining and not self._closed and (self._decoder.idle or self._eof):
+        if self._draining and not self._closed and (self._between_frames or self._eof):
             pause = True
             if self._drained():
                 self._stopping = True
@@ -410,7 +431,6 @@ class FrameServerProtocol(FrameAnswers):
     def _drain(self) -> None:
         """Serve the events held back by flow control, then read again if allowed."""
         while self._backlog and not self._blocked() and not self._stopping:
-            events = list(self._backlog)
-            self._backlog.clear()
+            events, self._backlog = list(self._backlog), ()
             self._serve(events)
         self._update_reading()

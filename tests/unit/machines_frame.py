@@ -254,7 +254,7 @@ class FrameServerMachine(RuleBasedStateMachine):
         assert server.in_flight <= self.max_in_flight, (server.in_flight, self.max_in_flight)
         size = self.header.size
         decoder = server._decoder  # white box: the bytes held are the point
-        assert decoder.buffered <= size + self.max_payload
+        assert decoder is None or decoder.buffered <= size + self.max_payload
         backlog = sum(len(e.payload) for e in server._backlog if isinstance(e, Frame))
         assert backlog <= self.chunk + self.max_payload, (backlog, self.chunk, self.max_payload)
         frame_max = size + max(self.max_payload + 2, ERROR_SLACK)
