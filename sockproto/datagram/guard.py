@@ -5,10 +5,14 @@ someone else, and the replies then go to that someone.  Two defences follow.
 
 :class:`SourceRateLimit`
     A token bucket per source host: ``rate`` requests per second on average, bursts of
-    ``burst``.  At most ``max_sources`` buckets are kept (the least recently active
-    source is forgotten first), so a flood from spoofed addresses costs bounded memory;
-    per-source limits cannot stop such a flood (each address is new), the pending
-    limit and the kernel's socket buffer bound it.
+    ``burst``.  Each bucket is one number, the time it will be full again (the "generic
+    cell rate algorithm" form of a token bucket, one lookup and a few float operations
+    per datagram): a request takes a token by moving that time ``1 / rate`` later,
+    unless that would put it over ``burst / rate`` ahead of now.  At most
+    ``max_sources`` buckets are kept (the least recently active source is forgotten
+    first), so a flood from spoofed addresses costs bounded memory; per-source limits
+    cannot stop such a flood (each address is new), the pending limit and the kernel's
+    socket buffer bound it.
 
 :class:`SourceVerifier`
     The amplification guard of the datagram server sends an *unverified* source no
@@ -109,30 +113,33 @@ class SourceRateLimit:
             raise ValueError(f"burst must be at least 1, not {burst}")
         self.clock = clock
         self.max_sources = max_sources
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # host: [tokens, time]
+        self._interval = 1.0 / rate  # the time one token takes to come back
+        # How far ahead of now a bucket may be full again, with a hair of slack so that
+        # float rounding never refuses the burst's last token.
+        self._window = self.burst / rate * (1 + 1e-9)
+        self._full_at: OrderedDict[str, float] = OrderedDict()  # host: when its bucket is full
 
     def __len__(self) -> int:
         """Sources remembered."""
-        return len(self._buckets)
+        return len(self._full_at)
 
     def allow(self, host: str) -> bool:
         """Take a token from ``host``'s bucket; whether it had one."""
-        now = _clock(self).seconds()
-        buckets = self._buckets
-        bucket = buckets.get(host)
-        if bucket is None:
+        clock = self.clock
+        now = (clock if clock is not None else _clock(self)).seconds()
+        buckets = self._full_at
+        full_at = buckets.get(host)
+        if full_at is None:
             if len(buckets) >= self.max_sources:
                 buckets.popitem(last=False)  # the least recently active source
-            buckets[host] = [self.burst - 1.0, now]
+            buckets[host] = now + self._interval
             return True
         buckets.move_to_end(host)
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
-            return True
-        bucket[0] = tokens
-        return False
+        full_at = (full_at if full_at > now else now) + self._interval
+        if full_at - now > self._window:
+            return False  # no token left: the bucket stays as it was
+        buckets[host] = full_at
+        return True
 
 
 class SourceVerifier:
@@ -164,12 +171,17 @@ class SourceVerifier:
 
     def is_verified(self, host: str) -> bool:
         """Whether ``host`` may get answers of any size."""
+        trusted = self._trusted_hosts.get(host)  # the common case: a known host, one lookup
+        if trusted is None:
+            trusted = self._is_trusted(host)
+        if trusted:
+            return True
         until = self._verified.get(host)
         if until is not None:
             if _clock(self).seconds() < until:
                 return True
             del self._verified[host]
-        return self._is_trusted(host)
+        return False
 
     def cookie(self, host: str) -> bytes:
         """The cookie that verifies ``host`` now: ``cookie=`` and 12 hex digits."""
@@ -196,9 +208,7 @@ class SourceVerifier:
         return mac.hexdigest()[:_COOKIE_DIGITS].encode("ascii")
 
     def _is_trusted(self, host: str) -> bool:
-        known = self._trusted_hosts.get(host)
-        if known is not None:
-            return known
+        """Whether ``host`` is in a trusted network (remembered for the next calls)."""
         try:
             address = ipaddress.ip_address(host.partition("%")[0])
         except ValueError:

@@ -1,6 +1,12 @@
 """The datagram server's protocol: one UDP socket, served for its factory.
 
 See :mod:`sockproto.datagram.server` for the behaviour; this module holds the protocol.
+
+The common case is kept short: a synchronous handler whose answer may go back at once
+is answered from :meth:`~DatagramServerProtocol.datagramReceived` with one ``sendto``
+and counted once (:attr:`~sockproto.datagram.stats.DatagramStats.served`); anything
+else (drops, PINGs, the reply cache, Deferreds, failures, guarded answers) takes the
+general path, which counts each of its steps.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -30,6 +35,7 @@ from ..core.datagram import (
 from ..core.spf1 import ErrorCode, Kind
 from ..request import Request, normalize_peer
 from .cache import IN_PROGRESS
+from .sending import Address, ReplyingProtocol
 
 if TYPE_CHECKING:
     from .server import DatagramServerFactory
@@ -42,10 +48,14 @@ _RESPONSE: Final = int(Kind.RESPONSE)
 _CODE: Final = struct.Struct(">H")
 _DROP_EVENTS: Final = {reason: f"dropped_{reason.value}" for reason in DropReason}
 _PEERS_KEPT: Final = 4096  # sender addresses whose handler view is kept (then all are forgotten)
-_Address = tuple[str, int]
 
 
-class DatagramServerProtocol(DatagramProtocol):
+def _anyone(host: str) -> bool:
+    """Every source is verified: the amplification guard is off."""
+    return True
+
+
+class DatagramServerProtocol(ReplyingProtocol):
     """Serve one UDP socket for a :class:`~sockproto.datagram.server.DatagramServerFactory`.
 
     The settings are read from the factory when the protocol is built.  Listen with a
@@ -59,6 +69,7 @@ class DatagramServerProtocol(DatagramProtocol):
     _log = Logger()
 
     def __init__(self, factory: DatagramServerFactory) -> None:
+        super().__init__()
         self.factory = factory
         self.handler = factory.handler
         self.mode = factory.mode
@@ -71,10 +82,13 @@ class DatagramServerProtocol(DatagramProtocol):
         self._raw = factory.mode == "raw"
         self._rate = factory.rate_limit
         self._verifier = factory.verifier
+        self._is_verified = factory.verifier.is_verified if factory.verifier is not None else _anyone
         # An answer up to this many times its request goes to anyone, with no lookup.
         self._amplification = factory.amplification or MAX_UDP_PAYLOAD
+        # The largest handler answer that fits in one reply datagram.
+        self._max_answer = self.max_datagram - (0 if self._raw else HEADER_SIZE)
         self._pending: set[Deferred[bytes]] = set()
-        self._peers: dict[_Address, IAddress] = {}
+        self._peers: dict[Address, IAddress] = {}
         self._closed = False
 
     @property
@@ -87,18 +101,18 @@ class DatagramServerProtocol(DatagramProtocol):
     def startProtocol(self) -> None:
         self._closed = False
         self.factory.protocols.add(self)
+        super().startProtocol()
 
     def stopProtocol(self) -> None:
+        super().stopProtocol()
         self.factory.protocols.discard(self)
         self.abort()
         self.cache.clear()
         self._peers.clear()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        stats = self.stats
-        stats.received += 1
-        stats.bytes_in += len(datagram)
         if self._rate is not None and not self._rate.allow(addr[0]):
+            self._count_received(len(datagram))
             self._dropped(DropReason.RATE_LIMITED, addr)
             return
         try:
@@ -106,41 +120,17 @@ class DatagramServerProtocol(DatagramProtocol):
         except KeyError:
             peer = self._new_peer(addr)
         if self._raw:
-            if len(self._pending) >= self.max_pending:
-                self._dropped(DropReason.OVERLOADED, addr)
-                return
-            request = Request(None, None, datagram, (), None, peer)
-            # The hot path, inlined: a plain bytes answer that fits is sent at once.
-            stats.requests += 1
-            try:
-                result = self.handler(request)
-            except Exception:
-                self._reply(Failure(), request, addr, None, len(datagram))
-                return
-            if (
-                type(result) is bytes
-                and len(result) <= self.max_datagram
-                and (len(result) <= self._amplification * len(datagram) or self._verified(addr))
-                and self.transport
-            ):
-                stats.answers += 1
-                try:
-                    self.transport.write(result, addr)
-                except (OSError, MessageLengthError) as e:
-                    self._send_failed(result, addr, e)
-                else:
-                    stats.replied += 1
-                    stats.bytes_out += len(result)
-            else:
-                self._answer(result, request, addr, None, len(datagram))
+            self._serve(Request(None, None, datagram, (), None, peer), addr, None, len(datagram))
             return
         frame = parse_datagram(datagram, SERVER_KINDS, Request)
         if type(frame) is not Request:
+            self._count_received(len(datagram))
             self._dropped(cast(DropReason, frame), addr)
             return
         frame.peer = peer
         if frame.kind == _PING:
-            stats.pings += 1
+            self._count_received(len(datagram))
+            self.stats.pings += 1
             if self._verifier is not None and frame.payload.startswith(b"cookie="):
                 self._verifier.redeem(addr[0], frame.payload)
             self._send(self._framed(frame, _PONG, frame.payload), addr)
@@ -149,15 +139,17 @@ class DatagramServerProtocol(DatagramProtocol):
         cached = self.cache.lookup(key)
         if cached is None:
             self._serve(frame, addr, key, len(datagram))
-        elif cached is IN_PROGRESS:
+            return
+        self._count_received(len(datagram))
+        if cached is IN_PROGRESS:
             self._dropped(DropReason.IN_PROGRESS, addr)
         else:
-            stats.cache_hits += 1
+            self.stats.cache_hits += 1
             reply = self._guard(cast(bytes, cached), addr, len(datagram), frame)
             if reply is not None:
                 self._send(reply, addr)
 
-    def _new_peer(self, addr: _Address) -> IAddress:
+    def _new_peer(self, addr: Address) -> IAddress:
         """Build (and remember) the handler's view of sender ``addr``."""
         if len(self._peers) >= _PEERS_KEPT:
             self._peers.clear()
@@ -187,21 +179,48 @@ class DatagramServerProtocol(DatagramProtocol):
 
     # -- serving ----------------------------------------------------------------------
 
-    def _serve(self, request: Request, addr: _Address, key: Hashable | None, size: int) -> None:
-        """Run the handler; reply now, or when its Deferred fires."""
+    def _serve(self, request: Request, addr: Address, key: Hashable | None, size: int) -> None:
+        """Run the handler for a ``size``-byte datagram; reply now, or when its Deferred fires.
+
+        ``key`` is the request's reply-cache key (``None`` in raw mode).
+        """
         if len(self._pending) >= self.max_pending:
+            self._count_received(size)
             self._dropped(DropReason.OVERLOADED, addr)
             return
-        self.stats.requests += 1
+        result: object
         try:
             result = self.handler(request)
         except Exception:
-            self._reply(Failure(), request, addr, key, size)
-            return
-        self._answer(result, request, addr, key, size)
+            result = Failure()
+        else:
+            # The fast path: bytes that fit, for a source that may have them, sent at
+            # once and counted once.
+            if type(result) is bytes and len(result) <= self._max_answer:
+                reply = result if self._raw else encode_datagram(_RESPONSE, request.id or 0, result)
+                if len(reply) <= self._amplification * size or self._is_verified(addr[0]):
+                    if key is not None:
+                        self.cache.store(key, reply)
+                    stats = self.stats
+                    try:
+                        self._sendto(reply, addr)
+                    except (OSError, MessageLengthError) as e:
+                        self._count_received(size, request=True)
+                        stats.answers += 1
+                        self._send_failed(reply, addr, e)
+                    else:
+                        stats.served += 1
+                        stats.bytes_in += size
+                        stats.bytes_out += len(reply)
+                    return
+        self._count_received(size, request=True)
+        if isinstance(result, Failure):
+            self._reply(result, request, addr, key, size)
+        else:
+            self._answer(result, request, addr, key, size)
 
     def _answer(
-        self, result: object, request: Request, addr: _Address, key: Hashable | None, size: int
+        self, result: object, request: Request, addr: Address, key: Hashable | None, size: int
     ) -> None:
         """Reply to what the handler returned, now or when its Deferred fires."""
         if type(result) is not bytes:
@@ -226,7 +245,7 @@ class DatagramServerProtocol(DatagramProtocol):
         self,
         result: bytes | Failure,
         request: Request,
-        addr: _Address,
+        addr: Address,
         key: Hashable | None,
         size: int,
         d: Deferred[bytes],
@@ -244,7 +263,7 @@ class DatagramServerProtocol(DatagramProtocol):
         return None
 
     def _reply(
-        self, result: bytes | Failure, request: Request, addr: _Address, key: Hashable | None, size: int
+        self, result: bytes | Failure, request: Request, addr: Address, key: Hashable | None, size: int
     ) -> None:
         """Send (and, in SPF/1 mode, cache) the reply to ``result``; count its outcome."""
         stats = self.stats
@@ -296,7 +315,7 @@ class DatagramServerProtocol(DatagramProtocol):
         self._note("answer_too_large", LogLevel.error, request, size=len(payload), limit=self.max_datagram)
         return encode_error_datagram(ident, ErrorCode.TOO_LARGE, message, self.max_datagram)
 
-    def _guard(self, reply: bytes, addr: _Address, size: int, request: Request) -> bytes | None:
+    def _guard(self, reply: bytes, addr: Address, size: int, request: Request) -> bytes | None:
         """``reply``, or an ERROR 2 with a cookie if it is too big for an unverified source.
 
         ``None`` (dropped, counted ``amplification``) when even that ERROR would be too big.
@@ -317,9 +336,9 @@ class DatagramServerProtocol(DatagramProtocol):
         )
         return encode_error_datagram(request.id or 0, ErrorCode.TOO_LARGE, message, limit)
 
-    def _verified(self, addr: _Address) -> bool:
+    def _verified(self, addr: Address) -> bool:
         """Whether ``addr`` may get an answer of any size (always, without a guard)."""
-        return self._verifier is None or self._verifier.is_verified(addr[0])
+        return self._is_verified(addr[0])
 
     def _handler_failed(self, failure: Failure, request: Request) -> tuple[ErrorCode, str]:
         """Log a handler failure or timeout; return the error code and message it gets."""
@@ -344,7 +363,7 @@ class DatagramServerProtocol(DatagramProtocol):
             peer=request.peer, service="datagram", **fields,
         )  # fmt: skip
 
-    def _dropped(self, reason: DropReason, addr: _Address) -> None:
+    def _dropped(self, reason: DropReason, addr: Address) -> None:
         """Count (and log, rate-limited) a datagram dropped without a reply."""
         self.stats.drops[reason] += 1
         category = _DROP_EVENTS[reason]
@@ -354,23 +373,10 @@ class DatagramServerProtocol(DatagramProtocol):
                 addr=addr, reason=str(reason), service="datagram",
             )  # fmt: skip
 
-    def _send(self, datagram: bytes, addr: _Address) -> None:
-        """Write one reply; a failed send is counted, never raised into the reactor."""
-        transport = self.transport
-        if transport is None:
-            self.stats.drop(DropReason.SEND_FAILED)
-            return
-        try:
-            transport.write(datagram, addr)
-        except (OSError, MessageLengthError) as e:
-            self._send_failed(datagram, addr, e)
-        else:
-            self.stats.replied += 1
-            self.stats.bytes_out += len(datagram)
-
-    def _send_failed(self, datagram: bytes, addr: _Address, error: Exception) -> None:
-        self.stats.drop(DropReason.SEND_FAILED)
-        self.limiter.emit(
-            self._log, "send_failed", LogLevel.info, "could not send {size} bytes to {addr}: {error}",
-            size=len(datagram), addr=addr, error=error, service="datagram",
-        )  # fmt: skip
+    def _count_received(self, size: int, request: bool = False) -> None:
+        """Count a ``size``-byte datagram received (and given to the handler if ``request``)."""
+        stats = self.stats
+        stats.received += 1
+        stats.bytes_in += size
+        if request:
+            stats.requests += 1

@@ -18,21 +18,64 @@ class DatagramStats(ServiceMetrics):
     a PONG), dropped for one :class:`~sockproto.core.datagram.DropReason`, or still being
     handled.
 
-    :ivar received: datagrams received.
-    :ivar replied: reply datagrams sent (cached ones, PONGs and ERRORs included).
+    The common case, a synchronous handler whose answer is sent at once, is counted
+    once, in :attr:`served`, instead of in four counters: :attr:`received`,
+    :attr:`requests`, :attr:`answers` and :attr:`replied` each add :attr:`served` to
+    their own count (assigning one of them sets that count, so ``+=`` works as on a
+    plain counter).
+
+    :ivar served: datagrams received, given to the handler, answered and sent in one go
+        (included in :attr:`received`, :attr:`requests`, :attr:`answers` and
+        :attr:`replied`).
     :ivar guarded: replies the amplification guard stopped (SPF/1: sent as an ERROR 2
         with a cookie instead; raw: dropped, also counted as ``amplification``).
     :ivar drops: datagrams dropped, by reason (every reason is present, from 0).
     """
 
-    __slots__ = ("drops", "guarded", "received", "replied")
+    __slots__ = ("_answers", "_received", "_replied", "_requests", "drops", "guarded", "served")
 
     def __init__(self, service: str = "datagram") -> None:
+        self.served = 0
+        self._received = self._replied = 0
         super().__init__(service)
-        self.received = 0
-        self.replied = 0
         self.guarded = 0
         self.drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
+
+    @property
+    def received(self) -> int:
+        """Datagrams received."""
+        return self._received + self.served
+
+    @received.setter
+    def received(self, value: int) -> None:
+        self._received = value - self.served
+
+    @property
+    def requests(self) -> int:
+        """Requests given to the handler."""
+        return self._requests + self.served
+
+    @requests.setter
+    def requests(self, value: int) -> None:
+        self._requests = value - self.served
+
+    @property
+    def answers(self) -> int:
+        """Answers sent (an ERROR is counted in ``errors`` instead)."""
+        return self._answers + self.served
+
+    @answers.setter
+    def answers(self, value: int) -> None:
+        self._answers = value - self.served
+
+    @property
+    def replied(self) -> int:
+        """Reply datagrams sent (cached ones, PONGs and ERRORs included)."""
+        return self._replied + self.served
+
+    @replied.setter
+    def replied(self, value: int) -> None:
+        self._replied = value - self.served
 
     @property
     def handled(self) -> int:

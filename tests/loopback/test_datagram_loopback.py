@@ -320,3 +320,26 @@ async def test_one_service_on_two_sockets() -> None:
         await first.stopListening()
         await second.stopListening()
     assert factory.protocols == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_replies_go_straight_to_the_socket_on_every_family() -> None:
+    """Replies skip the port's ``write`` (and its address checks) on IPv4, IPv6 and dual stack."""
+
+    def no_write(datagram: bytes, addr: Any = None) -> None:
+        raise AssertionError("a reply went through Port.write")
+
+    for interface, hosts in (("127.0.0.1", ["127.0.0.1"]), (V6, ["::1"]), (ANY6, ["127.0.0.1", "::1"])):
+        factory = DatagramServerFactory(echo)
+        port = await serve(factory, interface)
+        port.write = no_write
+        clients = [await client(port, host) for host in hosts]
+        try:
+            for proto in clients:
+                assert await proto.request(b"direct", timeout=10) == b"direct"
+                assert await proto.ping(b"p", timeout=10) == b"p"
+            assert (factory.stats.served, factory.stats.replied) == (len(hosts), 2 * len(hosts))
+        finally:
+            for proto in clients:
+                await proto.close()
+            await port.stopListening()
