@@ -80,6 +80,13 @@ class HalfCloseServerProtocol(StreamServerProtocol):
     _log = Logger()
     kind = "halfclose"
 
+    # The state every connection starts in: class attributes, set per instance only
+    # when they change (a connection's setup is on the hot path of this service).
+    _received = 0  # request bytes so far
+    _pending: Deferred[bytes] | None = None  # the handler's answer, if asynchronous
+    _ending = False  # the connection is being closed or reset by us
+    _lost = False
+
     def __init__(
         self,
         handler: Handler,
@@ -97,10 +104,6 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         self.request_timeout = request_timeout
         self.handler_timeout = handler_timeout
         self._chunks: list[bytes] | None = []  # None once the request is complete or refused
-        self._received = 0
-        self._pending: Deferred[bytes] | None = None  # the handler's answer, if asynchronous
-        self._ending = False  # the connection is being closed or reset by us
-        self._lost = False
 
     # -- IProtocol --------------------------------------------------------------------
 
@@ -108,15 +111,15 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         self._track_open()
         self.metrics.requests += 1  # one request per connection, whatever becomes of it
         if self.request_timeout is not None:
-            self.setTimeout(self.request_timeout)  # type: ignore[no-untyped-call]
+            self._time_out_in(self.request_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         chunks = self._chunks
         if chunks is None:
             return
-        self._received += len(data)
+        received = self._received = self._received + len(data)
         self.metrics.bytes_in += len(data)
-        if self._received > self.max_request:
+        if received > self.max_request:
             self._chunks = None
             self._note(
                 "request_too_large", LogLevel.warn,
@@ -132,8 +135,9 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         self._lost = self._ending = True
         self._chunks = None
         self._track_close(reason)
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is not None:
+            self._pending = None
             pending.cancel()
 
     # -- IHalfCloseableProtocol -------------------------------------------------------
@@ -144,12 +148,12 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         Twisted stops reading but keeps the connection open: from here on every path
         ends it (answer and FIN, or reset), or the socket would leak.
         """
-        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        self._no_timeout()
         chunks, self._chunks = self._chunks, None
         if chunks is None or self._ending:  # refused already: the reset is under way
             self._reset(None)
             return
-        request = Request.bare(b"".join(chunks), self.peer)
+        request = Request(None, None, b"".join(chunks), (), None, self.peer)
         try:
             result: Any = self.handler(request)
             # bytes is the common case; anything else (a Deferred, a coroutine, a
@@ -158,8 +162,14 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         except Exception:
             self._failed(Failure())
             return
-        if isinstance(answer, bytes):
-            self._answer(answer)
+        if isinstance(answer, bytes):  # _answer(answer), inlined: the path of every request
+            self._ending = True
+            metrics = self.metrics
+            metrics.answers += 1
+            metrics.bytes_out += len(answer)
+            transport: Any = self.transport
+            transport.write(answer)
+            transport.loseConnection()
             return
         self._pending = answer
         self.metrics.in_flight += 1
@@ -240,7 +250,7 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         if code is not None and not self._ending:
             self.metrics.errors[code] += 1
         self._ending = True
-        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        self._no_timeout()
         if self._lost:
             return
         transport: Any = self.transport  # a TCP or UNIX transport: it can abort
@@ -259,6 +269,9 @@ class HalfCloseServerFactory(StreamServerFactory):
     :param handler_timeout: seconds an asynchronous handler has to answer (reset after
         that); ``None``: no limit.
     :param clock: the reactor used for timeouts (the global reactor by default).
+    :param log_connections: log each connection's opening and closing (``debug``
+        events, rate-limited); ``None``: if the factory is ``noisy``.  See
+        :attr:`~sockproto.stream.StreamServerFactory.log_connections`.
 
     :ivar connections: the protocols whose connection is open.
     :ivar metrics: the service's :class:`~sockproto.metrics.ServiceMetrics`.
@@ -276,13 +289,14 @@ class HalfCloseServerFactory(StreamServerFactory):
         max_connections: int | None = None,
         handler_timeout: float | None = None,
         clock: IReactorTime | None = None,
+        log_connections: bool | None = None,
     ) -> None:
         if max_request < 0:
             raise ValueError(f"max_request must be >= 0, not {max_request}")
         for name, value in (("request_timeout", request_timeout), ("handler_timeout", handler_timeout)):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive or None, not {value}")
-        super().__init__(max_connections=max_connections, clock=clock)
+        super().__init__(max_connections=max_connections, clock=clock, log_connections=log_connections)
         self.handler = handler
         self.max_request = max_request
         self.request_timeout = request_timeout
@@ -295,7 +309,7 @@ class HalfCloseServerFactory(StreamServerFactory):
             max_request=self.max_request,
             request_timeout=self.request_timeout,
             handler_timeout=self.handler_timeout,
-            clock=self._clock(),
+            clock=self._clock_given,
             metrics=self.metrics,
             limiter=self.limiter,
         )
