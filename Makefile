@@ -40,6 +40,7 @@ docs: $(STAMP)
 test: install lint typecheck pytest trial docs
 
 bench: install
+	$(BIN)/python -m pip install -q ".[bench]"
 	$(BIN)/python benchmarks/run.py
 
 clean:

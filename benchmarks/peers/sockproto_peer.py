@@ -26,12 +26,16 @@ def serve(
     from sockproto.handlers import BUILTINS
 
     answer = BUILTINS[handler]
+    # Quiet factories, as for the plain Twisted peer: no per-connection log events.
+    frame = FrameServerFactory(answer, header=INT32, max_payload=max_payload)
+    halfclose = HalfCloseServerFactory(answer, max_request=max_payload)
+    frame.noisy = halfclose.noisy = False
     listening: dict[str, Any] = {}
     tcp = TCP4ServerEndpoint(reactor, 0, backlog=BACKLOG, interface="127.0.0.1")
     if "frame" in services:
-        listening["frame"] = tcp.listen(FrameServerFactory(answer, header=INT32, max_payload=max_payload))
+        listening["frame"] = tcp.listen(frame)
     if "halfclose" in services:
-        listening["halfclose"] = tcp.listen(HalfCloseServerFactory(answer, max_request=max_payload))
+        listening["halfclose"] = tcp.listen(halfclose)
     if "udp" in services:
         listening["udp"] = UDPServerEndpoint(reactor, 0, "127.0.0.1").listen(
             DatagramServerFactory(answer, mode="raw")
