@@ -23,8 +23,7 @@ from sockproto.halfclose.client import (
     ServerReset,
     halfclose_request,
 )
-
-from .halfclose_transport import HalfCloseTransport
+from sockproto.testing import HalfCloseTransport
 
 
 def connected(request: bytes = b"question", **kw: Any) -> tuple[HalfCloseTransport, HalfCloseClientProtocol]:

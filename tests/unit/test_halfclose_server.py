@@ -20,8 +20,7 @@ from sockproto.halfclose.server import (
 )
 from sockproto.handlers import echo
 from sockproto.request import Request
-
-from .halfclose_transport import HalfCloseTransport
+from sockproto.testing import HalfCloseTransport
 
 
 class Recorder:
