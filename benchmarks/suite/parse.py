@@ -5,7 +5,11 @@ The same int32-length-prefixed stream, cut into 64 KiB reads, goes to:
 - ``twisted``: a ``Int32StringReceiver`` whose ``stringReceived`` counts;
 - ``simple``: the hand-written ``bytearray`` + ``struct`` parser
   (:class:`~benchmarks.peers.lengthprefix.LengthPrefixParser`);
-- ``sockproto``: :class:`sockproto.core.decoder.FrameDecoder` with the ``INT32`` preset.
+- ``sockproto``: :class:`sockproto.core.decoder.FrameDecoder` with the ``INT32`` preset,
+  delivering each frame as its payload bytes (``frame_type=bytes``), as
+  ``stringReceived`` gets them;
+- ``sockproto-frames``: the same decoder building a :class:`~sockproto.core.decoder.Frame`
+  object per frame (what the frame server uses, to hand a request to the handler).
 
 Modes: ``small ORDER FRAMES SIZE [REPEAT]`` times each parser of the comma-separated
 ``ORDER`` on ``FRAMES`` frames of ``SIZE`` bytes, best of ``REPEAT`` (3), and prints
@@ -32,7 +36,7 @@ if __package__ in (None, ""):
 
 READ = 65536
 REPEAT = 3
-PARSERS = ("sockproto", "twisted", "simple")
+PARSERS = ("sockproto", "sockproto-frames", "twisted", "simple")
 ECHOES = ("sockproto", "twisted")
 
 
@@ -65,6 +69,18 @@ def parser(which: str) -> tuple[Callable[[bytes], Any], Callable[[], tuple[int, 
 
         return feed_simple, lambda: (count[0], count[1])
     if which == "sockproto":
+        from sockproto.core.decoder import FrameDecoder
+        from sockproto.core.header import INT32
+
+        payloads: FrameDecoder[Any] = FrameDecoder(INT32, max_payload=2**31, frame_type=bytes)
+
+        def feed_payloads(data: bytes) -> None:
+            for payload in payloads.feed(data):
+                count[0] += 1
+                count[1] += len(payload)
+
+        return feed_payloads, lambda: (count[0], count[1])
+    if which == "sockproto-frames":
         from sockproto.core.decoder import FrameDecoder
         from sockproto.core.header import INT32
 

@@ -387,13 +387,16 @@ def idle(cfg: Config, peers: list[str], progress: Progress) -> list[Table]:
 
 # -- parsing alone, in-process ---------------------------------------------------------
 
-PARSE_PEERS = ["sockproto", "twisted", "simple"]
+PARSE_PEERS = ["sockproto", "sockproto-frames", "twisted", "simple"]
 
 
 def parse(cfg: Config, peers: list[str], progress: Progress) -> list[Table]:
     frames = cfg.parse_frames
     small = Table("parse", "decoder alone, 100-byte frames in 64 KiB reads", "frames/s", True)
-    small.notes.append("simple: a bytearray + struct parser; sockproto: FrameDecoder(INT32).feed")
+    small.notes.append(
+        "simple: a bytearray + struct parser; sockproto: FrameDecoder(INT32, frame_type=bytes).feed,"
+        " payloads as stringReceived gets them; sockproto-frames: the same building a Frame per frame"
+    )
     inmem = Table(
         "inmem-echo", "echo protocol in memory (StringTransport), 100-byte frames", "frames/s", True
     )

@@ -134,7 +134,7 @@ class DecoderFailed(RuntimeError):
     """Bytes were fed to a decoder after it reported :class:`Malformed`."""
 
 
-F = TypeVar("F", bound=Frame)
+F = TypeVar("F")
 
 
 class FrameDecoder(Generic[F]):
@@ -147,7 +147,10 @@ class FrameDecoder(Generic[F]):
         reported by :class:`UnexpectedKind` and discarded.  An oversized frame is
         reported as :class:`Oversized` whatever its kind.
     :param frame_type: the class built for each frame: :class:`Frame` or a subclass
-        taking the same arguments.
+        taking the same arguments; or ``bytes``, for a bare length prefix only, to get
+        each frame as its payload bytes (the header holds nothing else), which spares an
+        object per frame.
+    :raises ValueError: for ``frame_type=bytes`` with a header that has other fields.
     """
 
     __slots__ = (
@@ -178,9 +181,12 @@ class FrameDecoder(Generic[F]):
         self.spec: Final = spec
         self.max_payload: Final = min(max_payload, spec.max_payload)
         self._kinds = accept_kinds if spec.has_kind else None
-        self._frame_type = frame_type
-        self._new = frame_type.__new__ if frame_type.decoder_skips_init else None
         self._bare = spec.pack_bare is not None
+        if frame_type is bytes and not self._bare:
+            raise ValueError(f"{spec.name}: frames as bare payloads need a header with no other field")
+        self._frame_type = frame_type
+        skip_init = getattr(frame_type, "decoder_skips_init", False)
+        self._new = frame_type.__new__ if skip_init else None
         self._head = b""  # the start of an incomplete header (shorter than spec.size)
         self._need = 0  # bytes still owed to the current frame's payload
         self._collecting = False  # whether those bytes are kept (else discarded)
@@ -253,7 +259,12 @@ class FrameDecoder(Generic[F]):
             off = self._begin(self.spec.struct.unpack(head + data[:take]), data, take, end, events)
             if off < 0:
                 return events
-        off = (self._scan_bare if self._bare else self._scan_general)(data, off, end, events)
+        if not self._bare:
+            off = self._scan_general(data, off, end, events)
+        elif self._frame_type is bytes:
+            off = self._scan_payloads(data, off, end, events)
+        else:
+            off = self._scan_bare(data, off, end, events)
         if 0 <= off < end:
             self._hold(data[off:], events)
         return events
@@ -262,14 +273,33 @@ class FrameDecoder(Generic[F]):
     # else (an incomplete, oversized, unexpected or invalid frame) goes to _begin.
     # Each returns where the unparsed rest of ``data`` starts, or -1 if none is left.
 
+    def _scan_payloads(self, data: bytes, off: int, end: int, events: list[Any]) -> int:
+        """The fast path for a bare length prefix delivering payloads (``frame_type=bytes``)."""
+        size = self.spec.size
+        unpack_from = self.spec.struct.unpack_from
+        maxp = self.max_payload
+        append = events.append
+        while end - off >= size:
+            h = unpack_from(data, off)
+            start = off + size
+            stop = start + h[0]
+            if stop > end or stop - start > maxp:
+                off = self._begin(h, data, start, end, events)
+                if off < 0:
+                    return -1
+                continue
+            append(data[start:stop])
+            off = stop
+        return off
+
     def _scan_bare(self, data: bytes, off: int, end: int, events: list[Any]) -> int:
         """The fast path for a bare length prefix (``INT32``...): no other field to check."""
         spec = self.spec
         size = spec.size
         unpack_from = spec.struct.unpack_from
         maxp = self.max_payload
-        ftype = self._frame_type
-        new = self._new
+        ftype: Any = self._frame_type
+        new: Any = self._new
         append = events.append
         while end - off >= size:
             h = unpack_from(data, off)
@@ -301,8 +331,8 @@ class FrameDecoder(Generic[F]):
         maxp = self.max_payload
         kinds = self._kinds
         const_get, const_val = spec.constant_getter, spec.constant_value
-        ftype = self._frame_type
-        new = self._new
+        ftype: Any = self._frame_type
+        new: Any = self._new
         append = events.append
         while end - off >= size:
             h = unpack_from(data, off)
@@ -367,13 +397,21 @@ class FrameDecoder(Generic[F]):
             return self._skip(start + n, end)
         stop = start + n
         if stop <= end:
-            events.append(self._frame_type(kind, ident, data[start:stop], h, spec))
+            events.append(self._build(kind, ident, data[start:stop], h))
             return stop
         self._parts = [memoryview(data)[start:end]] if start < end else []
         self._current = (kind, ident, h)
         self._need = stop - end
         self._collecting = True
         return -1
+
+    def _build(
+        self, kind: int | None, ident: int | None, payload: bytes, h: tuple[FieldValue, ...]
+    ) -> Any:
+        """One frame event, off the fast paths."""
+        if self._frame_type is bytes:
+            return payload
+        return self._frame_type(kind, ident, payload, h, self.spec)  # type: ignore[call-arg]
 
     def _skip(self, stop: int, end: int) -> int:
         if stop <= end:
@@ -397,7 +435,7 @@ class FrameDecoder(Generic[F]):
             self._parts = ()
             kind, ident, h = self._current
             self._current = (None, None, ())
-            events.append(self._frame_type(kind, ident, b"".join(parts), h, self.spec))
+            events.append(self._build(kind, ident, b"".join(parts), h))
         return need
 
     def _hold(self, head: bytes, events: list[F | Oversized | UnexpectedKind | Malformed]) -> None:

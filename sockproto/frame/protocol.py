@@ -99,7 +99,7 @@ class FrameServerProtocol(FrameAnswers):
         # empty tuple until used (an empty deque is 760 bytes, an empty list 56).
         self._backlog: list[Any] | tuple[()] = ()  # decoded events held back by flow control
         self._queue: list[_Slot] | tuple[()] = ()  # ordered mode: answers owed, oldest first
-        self._pending: dict[Deferred[bytes], None] = {}  # handlers still running
+        self._pending: dict[Deferred[bytes], None] | None = None  # handlers still running
         self._batch: list[bytes] | None = None  # the answers of the read being served
         self._write_paused = False
         self._read_paused = False
@@ -116,7 +116,7 @@ class FrameServerProtocol(FrameAnswers):
     @property
     def in_flight(self) -> int:
         """Requests received whose answer is not written yet."""
-        return len(self._queue) if self._ordered else len(self._pending)
+        return len(self._queue) if self._ordered else len(self._pending or ())
 
     # -- IProtocol --------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ class FrameServerProtocol(FrameAnswers):
     def connectionLost(self, reason: Failure = _LOST) -> None:
         self._closed = self._stopping = True
         self._backlog = self._queue = ()
-        pending, self._pending = self._pending, {}
+        pending, self._pending = self._pending or {}, None
         for d in pending:
             d.cancel()  # _answered counts it abandoned
         self._track_close(reason)
@@ -305,6 +305,8 @@ class FrameServerProtocol(FrameAnswers):
         slot = _Slot() if self._ordered else None
         if slot is not None:
             self._owe(slot)
+        if self._pending is None:
+            self._pending = {}
         self._pending[result] = None
         self.metrics.in_flight += 1
         result.addCallback(as_answer)
@@ -316,7 +318,8 @@ class FrameServerProtocol(FrameAnswers):
         self, result: bytes | Failure, request: Request, slot: _Slot | None, d: Deferred[bytes]
     ) -> None:
         """Write (or queue) an asynchronous answer when its handler is done."""
-        self._pending.pop(d, None)
+        if self._pending is not None:
+            self._pending.pop(d, None)
         self.metrics.in_flight -= 1
         if self._closed or (self._stopping and slot is None):
             self.metrics.abandoned += 1

@@ -175,3 +175,26 @@ class MalformedTests(SynchronousTestCase):
         d = FrameDecoder(SPF1)
         self.assertEqual(d.feed(b"S"), [])
         self.assertEqual(summary(d.feed(b"X")), [("malformed",)])
+
+
+class PayloadModeTests(SynchronousTestCase):
+    """``frame_type=bytes``: a bare length prefix's frames as their payloads."""
+
+    def test_payloads_whatever_the_chunking(self) -> None:
+        stream = b"".join(INT32.encode(p) for p in (b"a", b"", b"ccc" * 50_000, b"d"))
+        whole: FrameDecoder[bytes] = FrameDecoder(INT32, frame_type=bytes)
+        self.assertEqual(whole.feed(stream), [b"a", b"", b"ccc" * 50_000, b"d"])
+        split: FrameDecoder[bytes] = FrameDecoder(INT32, frame_type=bytes)
+        events = [e for i in range(0, len(stream), 7) for e in split.feed(stream[i : i + 7])]
+        self.assertEqual(events, [b"a", b"", b"ccc" * 50_000, b"d"])
+
+    def test_limits_still_reported(self) -> None:
+        d: FrameDecoder[bytes] = FrameDecoder(INT16, max_payload=2, frame_type=bytes)
+        events = d.feed(INT16.encode(b"xyz") + INT16.encode(b"ok"))
+        self.assertEqual(summary(events[:1]), [("Oversized", None, None, 3)])
+        self.assertEqual(events[1:], [b"ok"])
+
+    def test_needs_a_bare_header(self) -> None:
+        self.assertRaises(ValueError, FrameDecoder, SPF1, frame_type=bytes)
+        legacy = HeaderSpec("incl", "length:H", length_includes_header=True)
+        self.assertRaises(ValueError, FrameDecoder, legacy, frame_type=bytes)

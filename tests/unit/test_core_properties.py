@@ -84,3 +84,23 @@ class ChunkingTests(SynchronousTestCase):
         kinds = [g[0] for g in got]
         if "malformed" in kinds:
             self.assertEqual(kinds.index("malformed"), len(kinds) - 1)
+
+
+class PayloadModeTests(SynchronousTestCase):
+    @given(st.data())
+    def test_payload_mode_agrees_with_frames(self, data: st.DataObject) -> None:
+        spec = data.draw(st.sampled_from([INT32, INT16, INT32LE]))
+        frames = data.draw(frames_for(spec))
+        stream = b"".join(spec.encode(p) for _, p in frames) + data.draw(st.binary(max_size=10))
+        cuts = data.draw(st.lists(st.integers(0, max(len(stream), 1)), max_size=20))
+        max_payload = data.draw(st.integers(0, 200))
+        as_frames: FrameDecoder[Frame] = FrameDecoder(spec, max_payload=max_payload)
+        as_bytes: FrameDecoder[bytes] = FrameDecoder(spec, max_payload=max_payload, frame_type=bytes)
+        got_frames: list[object] = []
+        got_bytes: list[object] = []
+        for chunk in split(stream, cuts):
+            got_frames += [
+                e.payload if isinstance(e, Frame) else ("skipped", e.length) for e in as_frames.feed(chunk)
+            ]  # type: ignore[union-attr]
+            got_bytes += [e if isinstance(e, bytes) else ("skipped", e.length) for e in as_bytes.feed(chunk)]  # type: ignore[union-attr]
+        self.assertEqual(got_bytes, got_frames)
