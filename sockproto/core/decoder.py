@@ -405,9 +405,7 @@ class FrameDecoder(Generic[F]):
         self._collecting = True
         return -1
 
-    def _build(
-        self, kind: int | None, ident: int | None, payload: bytes, h: tuple[FieldValue, ...]
-    ) -> Any:
+    def _build(self, kind: int | None, ident: int | None, payload: bytes, h: tuple[FieldValue, ...]) -> Any:
         """One frame event, off the fast paths."""
         if self._frame_type is bytes:
             return payload
