@@ -193,6 +193,28 @@ class IntNStringReceiver(Protocol):
             return
         # Nothing queued nor left unparsed: the common cases go straight through.
         held = self._held
+        if not held:
+            # A read that is exactly one string (request/response traffic): deliver it
+            # with no parsing loop, once sure the decoder holds nothing either.
+            size = self._size
+            if len(data) > size:
+                (length,) = self._unpack_from(data, 0)
+                decoder = self._decoder
+                if length + size == len(data) and length <= self.MAX_LENGTH and decoder.idle:  # type: ignore[union-attr]
+                    self._clean = False
+                    self._busy = True
+                    try:
+                        self.stringReceived(data[size:])
+                    finally:
+                        self._busy = False
+                        if self._replacement is not None:  # a callback assigned recvd
+                            self._restart(self._replacement)
+                    changed = self._decoder is not decoder or self._max != self.MAX_LENGTH
+                    if self.paused or self._inbox or changed:  # the callback left work
+                        self._receive(b"")
+                    else:
+                        self._clean = True
+                    return
         if held:
             if len(held) + len(data) > self._join_limit:
                 self._receive(data)  # too long to join: to the decoder

@@ -24,6 +24,7 @@ from ..handlers import Handler
 from ..logs import LogLimiter
 from ..metrics import ServiceMetrics
 from ..request import Request
+from ..writing import write_now
 from .answers import FrameAnswers
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "FrameServerProtocol"]
@@ -399,7 +400,7 @@ class FrameServerProtocol(FrameAnswers):
         if out:
             data = b"".join(out)
             self.metrics.bytes_out += len(data)
-            self.transport.write(data)
+            write_now(self.transport, data)
         if self._stopping and not self._queue:
             self._closed = True
             self.transport.loseConnection()

@@ -40,6 +40,7 @@ from ..logs import LogLimiter
 from ..metrics import ServiceMetrics
 from ..request import Request
 from ..stream import StreamServerFactory, StreamServerProtocol
+from ..writing import write_now
 
 __all__ = [
     "DEFAULT_MAX_REQUEST",
@@ -168,7 +169,7 @@ class HalfCloseServerProtocol(StreamServerProtocol):
             metrics.answers += 1
             metrics.bytes_out += len(answer)
             transport: Any = self.transport
-            transport.write(answer)
+            write_now(transport, answer)
             transport.loseConnection()
             return
         self._pending = answer
@@ -218,7 +219,7 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         metrics = self.metrics
         metrics.answers += 1
         metrics.bytes_out += len(answer)
-        self.transport.write(answer)
+        write_now(self.transport, answer)
         self.transport.loseConnection()
 
     def _failed(self, failure: Failure) -> None:

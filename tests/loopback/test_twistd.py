@@ -167,6 +167,16 @@ def test_combined_plugin_starts_every_service(tmp_path: Path) -> None:
     try:
         wait_for_port(8750)
         assert frame_request(8750, b"hello") == b"hello"
+        wait_for_port(8752)
+        with socket.create_connection(("127.0.0.1", 8752), timeout=10) as s:
+            s.sendall(b"half")
+            s.shutdown(socket.SHUT_WR)
+            assert s.makefile("rb").read() == b"half"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.settimeout(10)
+            u.connect(("127.0.0.1", 8751))
+            u.send(struct.pack(">2sBBII", b"SP", 1, 1, 7, 4) + b"udp!")
+            assert u.recv(65536) == struct.pack(">2sBBII", b"SP", 1, 2, 7, 4) + b"udp!"
     finally:
         log = stop(proc)
     assert proc.returncode == -signal.SIGTERM, log

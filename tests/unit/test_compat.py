@@ -255,6 +255,39 @@ class ReentrancyTests(SynchronousTestCase):
         p.dataReceived(msg(b"a") + msg(b"b"))
         self.assertEqual(p.received, [b"a", b"b", b"nested"])
 
+    def test_data_received_from_the_callback_of_a_one_string_read(self) -> None:
+        """A read that is exactly one string takes a shorter path, reentrancy included."""
+        p = Recorder()
+        connect(p)
+
+        def string_received(string: bytes) -> None:
+            p.received.append(string)
+            if string == b"a":
+                p.dataReceived(msg(b"nested") + msg(b"x")[:3])
+
+        p.stringReceived = string_received  # type: ignore[method-assign]
+        p.dataReceived(msg(b"0"))  # the first read sets the receiver up
+        p.dataReceived(msg(b"a"))
+        self.assertEqual(p.received, [b"0", b"a", b"nested"])
+        self.assertEqual(p.recvd, msg(b"x")[:3])
+        p.dataReceived(msg(b"x")[3:])
+        self.assertEqual(p.received, [b"0", b"a", b"nested", b"x"])
+
+    def test_an_exception_in_a_one_string_read(self) -> None:
+        p = Recorder()
+        connect(p)
+
+        def string_received(string: bytes) -> None:
+            p.received.append(string)
+            if string == b"a":
+                raise RuntimeError("boom")
+
+        p.stringReceived = string_received  # type: ignore[method-assign]
+        p.dataReceived(msg(b"0"))  # the first read sets the receiver up
+        self.assertRaises(RuntimeError, p.dataReceived, msg(b"a"))
+        p.dataReceived(msg(b"b"))
+        self.assertEqual(p.received, [b"0", b"a", b"b"])
+
     def test_an_exception_does_not_replay_strings(self) -> None:
         """Twisted's class would deliver ``a`` again; here parsing goes on after it."""
         p = Recorder()

@@ -105,6 +105,18 @@ class OracleTests(SynchronousTestCase):
         expected = run(twisted_cls, script, reads, resumes)
         self.assertEqual(run(compat_cls, script, reads, resumes, join_limit), expected)
 
+    @given(st.data())
+    def test_one_string_per_read(self, data: st.DataObject) -> None:
+        """Reads cut at string boundaries take the one-string fast path: same log."""
+        twisted_cls, compat_cls = data.draw(st.sampled_from(PAIRS))
+        fmt = twisted_cls.structFormat
+        lengths = data.draw(st.lists(st.integers(0, 60), max_size=12))
+        reads = [struct.pack(fmt, n) + bytes([i % 256]) * n for i, n in enumerate(lengths)]
+        script = data.draw(st.dictionaries(st.integers(1, 12), ACTIONS, max_size=6))
+        resumes = data.draw(st.lists(st.booleans(), max_size=len(reads)))
+        expected = run(twisted_cls, script, reads, resumes)
+        self.assertEqual(run(compat_cls, script, reads, resumes), expected)
+
     def test_oracle_sees_differences(self) -> None:
         """The comparison is not vacuous: a wrong receiver gives another log."""
 
