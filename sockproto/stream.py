@@ -76,6 +76,31 @@ class StreamServerProtocol(TimeoutMixin, Protocol):
         self.metrics = metrics if metrics is not None else ServiceMetrics(self.kind)
         self.limiter = limiter if limiter is not None else LogLimiter(clock)
 
+    @classmethod
+    def configured(cls, settings: dict[str, Any]) -> type[StreamServerProtocol]:
+        """Return a subclass holding ``settings`` as class attributes.
+
+        A factory's connections share their settings (handler, limits, metrics, the
+        factory itself): held once by the class rather than by every instance, they
+        cost an idle connection nothing (a 10,000-connection server keeps about 100
+        bytes a connection less).  Its instances are made by :meth:`for_connection`.
+        """
+        # staticmethod: read from an instance, each value comes back as it is (a handler
+        # function must not become a bound method)
+        shared = {name: staticmethod(value) for name, value in settings.items()}
+        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, **shared}
+        return type(cls.__name__, (cls,), namespace)
+
+    @classmethod
+    def for_connection(cls) -> StreamServerProtocol:
+        """One protocol of a :meth:`configured` class: its state, no settings of its own."""
+        proto = cls.__new__(cls)
+        proto._init_connection()
+        return proto
+
+    def _init_connection(self) -> None:
+        """Set the state of one connection; subclasses with state of their own override it."""
+
     # -- to call from connectionMade and connectionLost -------------------------------
 
     def _track_open(self) -> None:
@@ -257,12 +282,12 @@ class StreamServerFactory(Factory):
             refused.factory = self
             return refused
         proto = self.build(addr)
-        proto.factory = self
-        proto._tracker = self.tracker
-        proto._timers = self.timers
-        proto._sweep = self.sweep
-        wanted = self.log_connections  # decided once: the protocol checks a plain attribute
-        proto.log_connections = bool(self.noisy) if wanted is None else wanted
+        if proto.factory is not self:  # else set once, by the class (shared_settings)
+            proto.factory = self
+            proto._tracker = self.tracker
+            proto._timers = self.timers
+            proto._sweep = self.sweep
+            proto.log_connections = self._logs_connections()
         if addr is not None:  # what the transport's getPeer() would build again
             proto.peer = normalize_peer(addr) if isinstance(addr, IPv6Address) else addr
         return proto
@@ -270,6 +295,24 @@ class StreamServerFactory(Factory):
     def build(self, addr: IAddress | None) -> StreamServerProtocol:
         """Return the protocol serving one admitted connection."""
         raise NotImplementedError
+
+    def _logs_connections(self) -> bool:
+        wanted = self.log_connections  # decided once: the protocol checks a plain attribute
+        return bool(self.noisy) if wanted is None else wanted
+
+    def shared_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """``settings`` and what the factory gives every protocol, for a configured class."""
+        return {
+            **settings,
+            "clock": self._clock_given,
+            "metrics": self.metrics,
+            "limiter": self.limiter,
+            "factory": self,
+            "_tracker": self.tracker,
+            "_timers": self.timers,
+            "_sweep": self.sweep,
+            "log_connections": self._logs_connections(),
+        }
 
     def startFactory(self) -> None:
         """The first port listens: keep the timers' reactor call between connections."""

@@ -92,10 +92,40 @@ class FrameServerProtocol(FrameAnswers):
         if max_payload < 0:
             raise ValueError(f"max_payload must be >= 0, not {max_payload}")
         self.max_payload = min(max_payload, header.max_payload)
-        self._decoder: FrameDecoder[Request] | None = None  # made by the first read
         self._ordered = not header.has_id  # answers must follow request order
         self.idle_timeout = idle_timeout
         self.handler_timeout = handler_timeout
+        self._init_connection()
+
+    @classmethod
+    def settings_of(
+        cls,
+        handler: Handler,
+        header: HeaderSpec,
+        max_payload: int,
+        max_in_flight: int,
+        idle_timeout: float | None,
+        handler_timeout: float | None,
+    ) -> dict[str, Any]:
+        """The settings :meth:`__init__` takes, as the attributes it would set.
+
+        A factory makes them class attributes of one subclass
+        (:meth:`~sockproto.stream.StreamServerProtocol.configured`) shared by its
+        connections; the arguments are those of :meth:`__init__`, already checked.
+        """
+        return {
+            "handler": handler,
+            "header": header,
+            "max_payload": min(max_payload, header.max_payload),
+            "max_in_flight": max_in_flight,
+            "_ordered": not header.has_id,
+            "idle_timeout": idle_timeout,
+            "handler_timeout": handler_timeout,
+        }
+
+    def _init_connection(self) -> None:
+        """Set the state of one connection (everything but the settings)."""
+        self._decoder: FrameDecoder[Request] | None = None  # made by the first read
         # An idle connection should cost little: the backlog and the queue are the shared
         # empty tuple until used (an empty deque is 760 bytes, an empty list 56).
         self._backlog: list[Any] | tuple[()] = ()  # decoded events held back by flow control

@@ -19,12 +19,14 @@ cancelled).  At shutdown each connection is *drained*: see :meth:`FrameServerPro
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from twisted.internet.interfaces import IAddress, IReactorTime
 
 from ..core.decoder import DEFAULT_MAX_PAYLOAD
 from ..core.header import SPF1, HeaderSpec
 from ..handlers import Handler
-from ..stream import StreamServerFactory
+from ..stream import StreamServerFactory, StreamServerProtocol
 from .protocol import DEFAULT_MAX_IN_FLIGHT, FrameServerProtocol
 from .refusal import FrameRefusal, Lingering
 
@@ -79,20 +81,26 @@ class FrameServerFactory(StreamServerFactory):
         self.idle_timeout = idle_timeout
         self.handler_timeout = handler_timeout
         self._lingering = Lingering()
+        self._configured: tuple[dict[str, Any], type[StreamServerProtocol]] | None = None
 
     def build(self, addr: IAddress | None) -> FrameServerProtocol:
-        """Return the protocol serving one admitted connection."""
-        return FrameServerProtocol(
-            self.handler,
-            header=self.header,
-            max_payload=self.max_payload,
-            max_in_flight=self.max_in_flight,
-            idle_timeout=self.idle_timeout,
-            handler_timeout=self.handler_timeout,
-            clock=self.clock,
-            metrics=self.metrics,
-            limiter=self.limiter,
-        )
+        """Return the protocol serving one admitted connection.
+
+        Its settings are class attributes of a subclass made for this factory and made
+        again when a setting changes (:meth:`StreamServerProtocol.configured
+        <sockproto.stream.StreamServerProtocol.configured>`): an idle connection
+        holds only its own state.
+        """
+        settings = self.shared_settings(
+            FrameServerProtocol.settings_of(
+                self.handler, self.header, self.max_payload, self.max_in_flight,
+                self.idle_timeout, self.handler_timeout,
+            )
+        )  # fmt: skip
+        configured = self._configured
+        if configured is None or configured[0] != settings:
+            configured = self._configured = (settings, FrameServerProtocol.configured(settings))
+        return cast(FrameServerProtocol, configured[1].for_connection())
 
     def refusal(self, addr: IAddress | None) -> FrameRefusal:
         """Return the protocol that answers one refused connection with ERROR 5."""

@@ -206,3 +206,38 @@ class ConnectionEventTests(HalfCloseCase):
         self.assertEqual(len(factory.timers), 1)
         self.clock.advance(5)
         self.assertTrue(t.disconnecting)
+
+
+class SharedSettingsTests(SynchronousTestCase):
+    """A frame factory's connections hold their settings in one class, not each instance."""
+
+    def test_settings_live_in_the_class(self) -> None:
+        factory = FrameServerFactory(echo, header=INT32, max_in_flight=7)
+        first, second = factory.buildProtocol(CLIENT), factory.buildProtocol(CLIENT)
+        assert isinstance(first, FrameServerProtocol)
+        self.assertIs(type(first), type(second))
+        self.assertEqual(type(first).__name__, "FrameServerProtocol")
+        for name in ("handler", "header", "max_in_flight", "metrics", "factory", "limiter", "_tracker"):
+            self.assertNotIn(name, vars(first))
+        # read through an instance, a handler function stays itself, not a bound method
+        self.assertIs(first.handler, echo)
+        self.assertEqual((first.header, first.max_in_flight, first.factory), (INT32, 7, factory))
+        self.assertIn("peer", vars(first))
+
+    def test_a_changed_setting_makes_a_new_class(self) -> None:
+        factory = FrameServerFactory(echo, header=INT32)
+        before = factory.buildProtocol(CLIENT)
+
+        def upper(request: Request) -> bytes:
+            return request.payload.upper()
+
+        factory.handler = upper
+        after = factory.buildProtocol(CLIENT)
+        self.assertIsNot(type(before), type(after))
+        self.assertIs(before.handler, echo)  # an open connection keeps what it started with
+        self.assertIs(after.handler, upper)
+
+    def test_a_protocol_built_directly_has_its_own_settings(self) -> None:
+        proto = FrameServerProtocol(echo, header=INT32, max_in_flight=3)
+        self.assertIs(type(proto), FrameServerProtocol)
+        self.assertEqual((vars(proto)["handler"], vars(proto)["max_in_flight"]), (echo, 3))
