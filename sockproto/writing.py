@@ -9,9 +9,11 @@ that pass is most of the latency: the peer waits on it for every answer.
 server's ``send`` would (the talk's partial-send lesson: it may take only part), and
 hands the rest to ``transport.write``, so ordering, flow control (the producer is
 paused past the transport's buffer size) and error handling stay Twisted's.  It does
-so only for the reactor's own TCP and UNIX server transports, and only while their
-buffers are empty; any other transport (TLS, test transports, another reactor's) just
-gets ``transport.write``.
+so only for the reactor's own TCP and UNIX server transports, only while their buffers
+are empty, and only for answers of at most the transport's ``SEND_LIMIT`` (128 KiB):
+the rest of a larger one would be copied to reach Twisted's buffer (its ``write``
+takes bytes only), which costs more than the pass saved.  Any other transport (TLS,
+test transports, another reactor's) just gets ``transport.write``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def write_now(transport: Any, data: bytes) -> None:
     """
     if (
         type(transport) not in _DIRECT
+        or len(data) > transport.SEND_LIMIT  # a large answer: its rest would be copied
         or transport._tempDataLen  # Twisted holds unsent bytes: they go first
         or transport.offset < len(transport.dataBuffer)
         or not transport.connected

@@ -40,7 +40,6 @@ from ..logs import LogLimiter
 from ..metrics import ServiceMetrics
 from ..request import Request
 from ..stream import StreamServerFactory, StreamServerProtocol
-from ..writing import write_now
 
 __all__ = [
     "DEFAULT_MAX_REQUEST",
@@ -169,7 +168,7 @@ class HalfCloseServerProtocol(StreamServerProtocol):
             metrics.answers += 1
             metrics.bytes_out += len(answer)
             transport: Any = self.transport
-            write_now(transport, answer)
+            transport.write(answer)
             transport.loseConnection()
             return
         self._pending = answer
@@ -219,7 +218,7 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         metrics = self.metrics
         metrics.answers += 1
         metrics.bytes_out += len(answer)
-        write_now(self.transport, answer)
+        self.transport.write(answer)
         self.transport.loseConnection()
 
     def _failed(self, failure: Failure) -> None:
