@@ -82,7 +82,7 @@ class StreamServerProtocol(TimeoutMixin, Protocol):
 
         A factory's connections share their settings (handler, limits, metrics, the
         factory itself): held once by the class rather than by every instance, they
-        cost an idle connection nothing (a 10,000-connection server keeps about 100
+        cost an idle connection nothing (with 10,000 idle frame connections, about 190
         bytes a connection less).  Its instances are made by :meth:`for_connection`.
         """
         # staticmethod: read from an instance, each value comes back as it is (a handler
@@ -283,11 +283,8 @@ class StreamServerFactory(Factory):
             return refused
         proto = self.build(addr)
         if proto.factory is not self:  # else set once, by the class (shared_settings)
-            proto.factory = self
-            proto._tracker = self.tracker
-            proto._timers = self.timers
-            proto._sweep = self.sweep
-            proto.log_connections = self._logs_connections()
+            for name, value in self._given_to_protocols().items():
+                setattr(proto, name, value)
         if addr is not None:  # what the transport's getPeer() would build again
             proto.peer = normalize_peer(addr) if isinstance(addr, IPv6Address) else addr
         return proto
@@ -296,22 +293,26 @@ class StreamServerFactory(Factory):
         """Return the protocol serving one admitted connection."""
         raise NotImplementedError
 
-    def _logs_connections(self) -> bool:
+    def _given_to_protocols(self) -> dict[str, Any]:
+        """What the factory gives each protocol it builds, by attribute name."""
         wanted = self.log_connections  # decided once: the protocol checks a plain attribute
-        return bool(self.noisy) if wanted is None else wanted
+        return {
+            "factory": self,
+            "_tracker": self.tracker,
+            "_timers": self.timers,
+            "_sweep": self.sweep,
+            "log_connections": bool(self.noisy) if wanted is None else wanted,
+        }
 
     def shared_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """``settings`` and what the factory gives every protocol, for a configured class."""
+        """``settings``, the protocols' constructor arguments the factory passes, and
+        what it gives each protocol: the class attributes of a configured class."""
         return {
             **settings,
             "clock": self._clock_given,
             "metrics": self.metrics,
             "limiter": self.limiter,
-            "factory": self,
-            "_tracker": self.tracker,
-            "_timers": self.timers,
-            "_sweep": self.sweep,
-            "log_connections": self._logs_connections(),
+            **self._given_to_protocols(),
         }
 
     def startFactory(self) -> None:

@@ -97,9 +97,8 @@ class FrameServerProtocol(FrameAnswers):
         self.handler_timeout = handler_timeout
         self._init_connection()
 
-    @classmethod
+    @staticmethod
     def settings_of(
-        cls,
         handler: Handler,
         header: HeaderSpec,
         max_payload: int,

@@ -13,6 +13,7 @@ runner collects Twisted's originals from here.  One inherited test,
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from twisted.protocols import basic
 from twisted.protocols.test import test_basic
@@ -241,31 +242,33 @@ class PausingTests(SynchronousTestCase):
         self.assertEqual(p.received, [b"a", b"b", b"c"])
 
 
+def recorder_on_a(action: Any) -> Recorder:
+    """A connected Recorder that records each string, then calls ``action(p)`` on ``a``."""
+    p = Recorder()
+    connect(p)
+
+    def string_received(string: bytes) -> None:
+        p.received.append(string)
+        if string == b"a":
+            action(p)
+
+    p.stringReceived = string_received  # type: ignore[method-assign]
+    return p
+
+
+def boom(p: Recorder) -> None:
+    raise RuntimeError("boom")
+
+
 class ReentrancyTests(SynchronousTestCase):
     def test_data_received_from_the_callback_comes_after(self) -> None:
-        p = Recorder()
-        connect(p)
-
-        def string_received(string: bytes) -> None:
-            p.received.append(string)
-            if string == b"a":
-                p.dataReceived(msg(b"nested"))
-
-        p.stringReceived = string_received  # type: ignore[method-assign]
+        p = recorder_on_a(lambda p: p.dataReceived(msg(b"nested")))
         p.dataReceived(msg(b"a") + msg(b"b"))
         self.assertEqual(p.received, [b"a", b"b", b"nested"])
 
     def test_data_received_from_the_callback_of_a_one_string_read(self) -> None:
         """A read that is exactly one string takes a shorter path, reentrancy included."""
-        p = Recorder()
-        connect(p)
-
-        def string_received(string: bytes) -> None:
-            p.received.append(string)
-            if string == b"a":
-                p.dataReceived(msg(b"nested") + msg(b"x")[:3])
-
-        p.stringReceived = string_received  # type: ignore[method-assign]
+        p = recorder_on_a(lambda p: p.dataReceived(msg(b"nested") + msg(b"x")[:3]))
         p.dataReceived(msg(b"0"))  # the first read sets the receiver up
         p.dataReceived(msg(b"a"))
         self.assertEqual(p.received, [b"0", b"a", b"nested"])
@@ -274,15 +277,7 @@ class ReentrancyTests(SynchronousTestCase):
         self.assertEqual(p.received, [b"0", b"a", b"nested", b"x"])
 
     def test_an_exception_in_a_one_string_read(self) -> None:
-        p = Recorder()
-        connect(p)
-
-        def string_received(string: bytes) -> None:
-            p.received.append(string)
-            if string == b"a":
-                raise RuntimeError("boom")
-
-        p.stringReceived = string_received  # type: ignore[method-assign]
+        p = recorder_on_a(boom)
         p.dataReceived(msg(b"0"))  # the first read sets the receiver up
         self.assertRaises(RuntimeError, p.dataReceived, msg(b"a"))
         p.dataReceived(msg(b"b"))
@@ -290,15 +285,7 @@ class ReentrancyTests(SynchronousTestCase):
 
     def test_an_exception_does_not_replay_strings(self) -> None:
         """Twisted's class would deliver ``a`` again; here parsing goes on after it."""
-        p = Recorder()
-        connect(p)
-
-        def string_received(string: bytes) -> None:
-            p.received.append(string)
-            if string == b"a":
-                raise RuntimeError("boom")
-
-        p.stringReceived = string_received  # type: ignore[method-assign]
+        p = recorder_on_a(boom)
         self.assertRaises(RuntimeError, p.dataReceived, msg(b"a") + msg(b"b"))
         p.dataReceived(msg(b"c"))
         self.assertEqual(p.received, [b"a", b"b", b"c"])
