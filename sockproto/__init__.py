@@ -61,10 +61,10 @@ _EXPORTS: dict[str, str] = {
     "AnswerTimeout": "sockproto.halfclose.client",
     "halfclose_request": "sockproto.halfclose.client",
     # running services: graceful stop, threads, counters
-    "ServerService": "sockproto.service",
-    "ThreadedHandler": "sockproto.threads",
-    "ServiceMetrics": "sockproto.metrics",
-    "HandlerTimeout": "sockproto.answering",
+    "ServerService": "sockproto.serving.service",
+    "ThreadedHandler": "sockproto.serving.threads",
+    "ServiceMetrics": "sockproto.serving.metrics",
+    "HandlerTimeout": "sockproto.serving.answering",
 }
 
 __all__ = [
@@ -113,7 +113,6 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .answering import HandlerTimeout
     from .core.datagram import MAX_UDP_PAYLOAD, DropReason
     from .core.decoder import Frame, FrameDecoder
     from .core.header import INT16, INT32, INT32LE, PRESETS, SPF1, HeaderSpec, PayloadTooLarge
@@ -143,10 +142,11 @@ if TYPE_CHECKING:
     )
     from .halfclose.server import HalfCloseServerFactory, HalfCloseServerProtocol
     from .handlers import Handler
-    from .metrics import ServiceMetrics
     from .request import Request
-    from .service import ServerService
-    from .threads import ThreadedHandler
+    from .serving.answering import HandlerTimeout
+    from .serving.metrics import ServiceMetrics
+    from .serving.service import ServerService
+    from .serving.threads import ThreadedHandler
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,6 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from ..answering import HandlerTimeout, call_handler, failure_message, limit_time
 from ..core.datagram import (
     HEADER_SIZE,
     MAX_UDP_PAYLOAD,
@@ -34,6 +33,7 @@ from ..core.datagram import (
 )
 from ..core.spf1 import ErrorCode, Kind
 from ..request import Request, normalize_peer
+from ..serving.answering import HandlerTimeout, call_handler, failure_message, limit_time
 from .cache import IN_PROGRESS
 from .sending import Address, ReplyingProtocol
 

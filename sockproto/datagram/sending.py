@@ -23,7 +23,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 
 from ..core.datagram import DropReason
-from ..logs import LogLimiter
+from ..serving.logs import LogLimiter
 from .stats import DatagramStats
 
 __all__ = ["ReplyingProtocol"]

@@ -44,7 +44,7 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 
 from ..core.datagram import MAX_UDP_PAYLOAD, MIN_DATAGRAM
 from ..handlers import Handler
-from ..logs import LogLimiter
+from ..serving.logs import LogLimiter
 from .cache import DEFAULT_CACHE_AGE, DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, ReplyCache
 from .guard import DEFAULT_AMPLIFICATION, DEFAULT_TRUSTED, SourceRateLimit, SourceVerifier
 from .protocol import DatagramServerProtocol
@@ -153,7 +153,7 @@ class DatagramServerFactory:
             self._clock(), max_entries=self.cache_entries, max_bytes=self.cache_bytes, max_age=self.cache_age
         )
 
-    # -- graceful stop (sockproto.service.DrainableFactory) -----------------------------
+    # -- graceful stop (sockproto.serving.service.DrainableFactory) -----------------------------
 
     def stop_accepting(self) -> None:
         """Stop reading every socket; they stay open for the answers still owed."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core.datagram import DropReason
-from ..metrics import ServiceMetrics
+from ..serving.metrics import ServiceMetrics
 
 __all__ = ["DatagramStats"]
 
@@ -11,7 +11,7 @@ __all__ = ["DatagramStats"]
 class DatagramStats(ServiceMetrics):
     """Counters shared by every port of one datagram service.
 
-    A :class:`~sockproto.metrics.ServiceMetrics` (``requests``, ``answers``,
+    A :class:`~sockproto.serving.metrics.ServiceMetrics` (``requests``, ``answers``,
     ``errors``, ``pings``, ``cache_hits``, ``bytes_in``, ``bytes_out``, ``in_flight``...;
     the ``connections_*`` counters stay 0) with the datagram service's own.  Every
     datagram received is either answered (by the handler, from the reply cache, or with

@@ -13,12 +13,12 @@ from typing import Final
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from ..answering import failure_message
 from ..core.header import HeaderSpec
 from ..core.spf1 import ErrorCode, Kind, encode_error
 from ..handlers import Handler
 from ..request import Request
-from ..stream import StreamServerProtocol
+from ..serving.answering import failure_message
+from ..serving.stream import StreamServerProtocol
 
 __all__ = ["FrameAnswers"]
 

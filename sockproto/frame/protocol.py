@@ -16,15 +16,15 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..answering import HandlerTimeout, as_answer, call_handler, limit_time
 from ..core.decoder import DEFAULT_MAX_PAYLOAD, FrameDecoder, Malformed, Oversized, UnexpectedKind
 from ..core.header import SPF1, HeaderSpec
 from ..core.spf1 import ErrorCode, Kind
 from ..handlers import Handler
-from ..logs import LogLimiter
-from ..metrics import ServiceMetrics
 from ..request import Request
-from ..writing import write_now
+from ..serving.answering import HandlerTimeout, as_answer, call_handler, limit_time
+from ..serving.logs import LogLimiter
+from ..serving.metrics import ServiceMetrics
+from ..serving.writing import write_now
 from .answers import FrameAnswers
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "FrameServerProtocol"]
@@ -109,7 +109,7 @@ class FrameServerProtocol(FrameAnswers):
         """The settings :meth:`__init__` takes, as the attributes it would set.
 
         A factory makes them class attributes of one subclass
-        (:meth:`~sockproto.stream.StreamServerProtocol.configured`) shared by its
+        (:meth:`~sockproto.serving.stream.StreamServerProtocol.configured`) shared by its
         connections; the arguments are those of :meth:`__init__`, already checked.
         """
         return {

@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from ..core.decoder import DEFAULT_MAX_PAYLOAD
 from ..core.header import SPF1, HeaderSpec
 from ..handlers import Handler
-from ..stream import StreamServerFactory, StreamServerProtocol
+from ..serving.stream import StreamServerFactory, StreamServerProtocol
 from .protocol import DEFAULT_MAX_IN_FLIGHT, FrameServerProtocol
 from .refusal import FrameRefusal, Lingering
 
@@ -49,7 +49,7 @@ class FrameServerFactory(StreamServerFactory):
         after that); ``None``: no limit.
     :param clock: schedules the timeouts (the global reactor by default).
 
-    :ivar metrics: the service's :class:`~sockproto.metrics.ServiceMetrics`.
+    :ivar metrics: the service's :class:`~sockproto.serving.metrics.ServiceMetrics`.
     """
 
     kind = "frame"
@@ -88,7 +88,7 @@ class FrameServerFactory(StreamServerFactory):
 
         Its settings are class attributes of a subclass made for this factory and made
         again when a setting changes (:meth:`StreamServerProtocol.configured
-        <sockproto.stream.StreamServerProtocol.configured>`): an idle connection
+        <sockproto.serving.stream.StreamServerProtocol.configured>`): an idle connection
         holds only its own state.
         """
         settings = self.shared_settings(

@@ -33,13 +33,13 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..answering import HandlerTimeout, call_handler, limit_time
 from ..core.spf1 import ErrorCode
 from ..handlers import Handler
-from ..logs import LogLimiter
-from ..metrics import ServiceMetrics
 from ..request import Request
-from ..stream import StreamServerFactory, StreamServerProtocol
+from ..serving.answering import HandlerTimeout, call_handler, limit_time
+from ..serving.logs import LogLimiter
+from ..serving.metrics import ServiceMetrics
+from ..serving.stream import StreamServerFactory, StreamServerProtocol
 
 __all__ = [
     "DEFAULT_MAX_REQUEST",
@@ -271,10 +271,10 @@ class HalfCloseServerFactory(StreamServerFactory):
     :param clock: the reactor used for timeouts (the global reactor by default).
     :param log_connections: log each connection's opening and closing (``debug``
         events, rate-limited); ``None``: if the factory is ``noisy``.  See
-        :attr:`~sockproto.stream.StreamServerFactory.log_connections`.
+        :attr:`~sockproto.serving.stream.StreamServerFactory.log_connections`.
 
     :ivar connections: the protocols whose connection is open.
-    :ivar metrics: the service's :class:`~sockproto.metrics.ServiceMetrics`.
+    :ivar metrics: the service's :class:`~sockproto.serving.metrics.ServiceMetrics`.
     """
 
     protocol = HalfCloseServerProtocol

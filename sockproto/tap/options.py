@@ -4,7 +4,7 @@ Every plugin takes ``--listen`` (repeatable), ``--handler``, ``--handler-timeout
 ``--threads``, ``--drain-timeout`` and ``--metrics``; the stream plugins add
 ``--max-connections`` (:class:`StreamServiceOptions`).  A limit given as ``none`` (or
 ``off``) is lifted.  :func:`server_service` turns parsed options and a factory into the
-:class:`~sockproto.service.ServerService` twistd runs.
+:class:`~sockproto.serving.service.ServerService` twistd runs.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from .. import prometheus
 from ..core.units import parse_duration, parse_size
 from ..handlers import BUILTINS, Handler, resolve_handler
-from ..service import DEFAULT_DRAIN_TIMEOUT, DrainableFactory, ServerService
-from ..threads import ThreadedHandler
+from ..serving import prometheus
+from ..serving.service import DEFAULT_DRAIN_TIMEOUT, DrainableFactory, ServerService
+from ..serving.threads import ThreadedHandler
 
 __all__ = [
     "DEFAULT_HANDLER_TIMEOUT",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sockproto import prometheus
+from sockproto.serving import prometheus
 
 from ..helpers import BIN, free_port, wait_for_port
 

@@ -24,8 +24,8 @@ from sockproto.datagram import DatagramServerFactory, UDPServerEndpoint, connect
 from sockproto.halfclose import halfclose_request
 from sockproto.handlers import echo
 from sockproto.request import Request
-from sockproto.service import ServerService
-from sockproto.threads import ThreadedHandler
+from sockproto.serving.service import ServerService
+from sockproto.serving.threads import ThreadedHandler
 
 from ..helpers import listen
 

@@ -1,4 +1,4 @@
-"""sockproto.writing.write_now over real sockets: sent at once, partial sends buffered in order."""
+"""sockproto.serving.writing.write_now over real sockets: sent at once, partial sends buffered in order."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 
-from sockproto.writing import write_now
+from sockproto.serving.writing import write_now
 
 BIG = 8 * 2**20  # far more than a loopback socket buffer takes at once
 

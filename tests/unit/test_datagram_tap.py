@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from sockproto.datagram.endpoints import UDPServerEndpoint
 from sockproto.datagram.server import DatagramServerFactory
 from sockproto.handlers import echo, sha256
-from sockproto.service import ListeningService
+from sockproto.serving.service import ListeningService
 from sockproto.tap import combined, datagram
 
 

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sockproto.halfclose.server import HalfCloseServerFactory
 from sockproto.handlers import echo, sha256
-from sockproto.service import ListeningService
+from sockproto.serving.service import ListeningService
 from sockproto.tap import combined, halfclose
 
 

@@ -11,15 +11,15 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from sockproto import prometheus
-from sockproto.connections import ConnectionTracker
 from sockproto.core import ErrorCode
 from sockproto.core.datagram import DropReason
 from sockproto.datagram.stats import DatagramStats
-from sockproto.logs import LogLimiter
-from sockproto.metrics import ServiceMetrics
 from sockproto.request import Request
-from sockproto.threads import ThreadedHandler
+from sockproto.serving import prometheus
+from sockproto.serving.connections import ConnectionTracker
+from sockproto.serving.logs import LogLimiter
+from sockproto.serving.metrics import ServiceMetrics
+from sockproto.serving.threads import ThreadedHandler
 
 
 class LogLimiterTests(SynchronousTestCase):

@@ -12,10 +12,10 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sockproto.handlers import echo
-from sockproto.logs import LogLimiter
-from sockproto.metrics import ServiceMetrics
-from sockproto.service import ListeningService, ServerService
-from sockproto.threads import ThreadedHandler
+from sockproto.serving.logs import LogLimiter
+from sockproto.serving.metrics import ServiceMetrics
+from sockproto.serving.service import ListeningService, ServerService
+from sockproto.serving.threads import ThreadedHandler
 
 
 class Port:

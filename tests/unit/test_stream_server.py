@@ -14,8 +14,8 @@ from sockproto.frame.server import FrameServerFactory, FrameServerProtocol
 from sockproto.halfclose.server import HalfCloseServerFactory, HalfCloseServerProtocol
 from sockproto.handlers import echo
 from sockproto.request import Request
+from sockproto.serving.timers import Timer
 from sockproto.testing import HalfCloseTransport
-from sockproto.timers import Timer
 
 CLIENT = IPv4Address("TCP", "10.0.0.7", 40000)
 

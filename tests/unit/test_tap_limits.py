@@ -8,15 +8,15 @@ from twisted.application.service import IServiceCollection
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from sockproto import prometheus
 from sockproto.datagram.server import DatagramServerFactory
 from sockproto.frame.server import FrameServerFactory
 from sockproto.halfclose.server import HalfCloseServerFactory
 from sockproto.handlers import sha256
-from sockproto.service import ListeningService, ServerService
+from sockproto.serving import prometheus
+from sockproto.serving.service import ListeningService, ServerService
+from sockproto.serving.threads import ThreadedHandler
 from sockproto.tap import datagram, frame, halfclose
 from sockproto.tap.options import optional, parse_count, parse_non_negative_duration
-from sockproto.threads import ThreadedHandler
 
 MODULES = (frame, datagram, halfclose)
 

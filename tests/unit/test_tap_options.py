@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from sockproto.core import INT16, SPF1, parse_duration, parse_size
 from sockproto.handlers import echo, resolve_handler, sha256
 from sockproto.request import Request
-from sockproto.service import ListeningService
+from sockproto.serving.service import ListeningService
 from sockproto.tap import combined, frame
 
 

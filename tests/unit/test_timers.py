@@ -14,7 +14,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from sockproto.timers import TimeoutSweep, Timer, TimerQueue
+from sockproto.serving.timers import TimeoutSweep, Timer, TimerQueue
 
 
 class QueueCase(SynchronousTestCase):

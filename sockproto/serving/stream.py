@@ -4,15 +4,15 @@
 ``max_connections`` and not stopping; otherwise it builds the service's *refusal*
 protocol (frame: ERROR 5 then close; half-close: a reset), counted in
 ``connections_refused``.  :class:`StreamServerProtocol` reports its connection to the
-factory's :class:`~sockproto.connections.ConnectionTracker` and logs it (rate-limited,
+factory's :class:`~sockproto.serving.connections.ConnectionTracker` and logs it (rate-limited,
 and only if the factory wants it: :attr:`~StreamServerFactory.log_connections`).
 
 Its timeouts are :class:`~twisted.protocols.policies.TimeoutMixin`'s, on the protocol
 itself (Twisted's ``TimeoutFactory`` wrapper would drop half-close), served by the
-factory's :class:`~sockproto.timers.TimerQueue`: one reactor call for all the
+factory's :class:`~sockproto.serving.timers.TimerQueue`: one reactor call for all the
 connections of a service rather than one per connection.  A fixed deadline (the
 half-close request timeout) goes through the factory's
-:class:`~sockproto.timers.TimeoutSweep`, which sets it only on the connections still
+:class:`~sockproto.serving.timers.TimeoutSweep`, which sets it only on the connections still
 waiting a second later: a short connection costs no timer at all.
 """
 
@@ -30,10 +30,10 @@ from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from ..request import normalize_peer
 from .connections import ConnectionTracker
 from .logs import LogLimiter
 from .metrics import ServiceMetrics
-from .request import normalize_peer
 from .timers import TimeoutSweep, TimerQueue
 
 __all__ = ["StreamServerFactory", "StreamServerProtocol"]
@@ -46,7 +46,7 @@ class StreamServerProtocol(TimeoutMixin, Protocol):
 
     :ivar peer: the client's address: the one Twisted gave the factory's
         ``buildProtocol``, or else the transport's ``getPeer()`` once connected.
-    :ivar metrics: the service's :class:`~sockproto.metrics.ServiceMetrics` (the
+    :ivar metrics: the service's :class:`~sockproto.serving.metrics.ServiceMetrics` (the
         protocol's own when it was built without a factory).
     :ivar clock: schedules the timeouts of a protocol built without a factory (the
         global reactor by default); a factory's protocols use its
@@ -135,7 +135,7 @@ class StreamServerProtocol(TimeoutMixin, Protocol):
 
         The deadline is fixed: unlike ``setTimeout``, activity does not push it back.
         The :class:`~twisted.protocols.policies.TimeoutMixin` timer is set by the
-        factory's :class:`~sockproto.timers.TimeoutSweep`, with the time left, only if
+        factory's :class:`~sockproto.serving.timers.TimeoutSweep`, with the time left, only if
         the connection still waits at its next sweep: a short connection costs no timer.
         """
         sweep = self._sweep
@@ -169,7 +169,7 @@ class StreamServerProtocol(TimeoutMixin, Protocol):
     # -- TimeoutMixin -----------------------------------------------------------------
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
-        """Schedule the timeout: on the factory's :class:`~sockproto.timers.TimerQueue`.
+        """Schedule the timeout: on the factory's :class:`~sockproto.serving.timers.TimerQueue`.
 
         :class:`~twisted.protocols.policies.TimeoutMixin` calls this; the timer it
         returns is an :class:`~twisted.internet.interfaces.IDelayedCall`, exact to the
@@ -201,12 +201,12 @@ class StreamServerFactory(Factory):
         the factory is :attr:`~twisted.internet.protocol.Factory.noisy`.  See
         :attr:`log_connections`.
 
-    :ivar metrics: the service's :class:`~sockproto.metrics.ServiceMetrics`.
-    :ivar limiter: the service's :class:`~sockproto.logs.LogLimiter`.
-    :ivar tracker: the service's :class:`~sockproto.connections.ConnectionTracker`.
-    :ivar timers: the service's :class:`~sockproto.timers.TimerQueue`: every
+    :ivar metrics: the service's :class:`~sockproto.serving.metrics.ServiceMetrics`.
+    :ivar limiter: the service's :class:`~sockproto.serving.logs.LogLimiter`.
+    :ivar tracker: the service's :class:`~sockproto.serving.connections.ConnectionTracker`.
+    :ivar timers: the service's :class:`~sockproto.serving.timers.TimerQueue`: every
         connection's timeout, on one reactor call.
-    :ivar sweep: the service's :class:`~sockproto.timers.TimeoutSweep`: sets a fixed
+    :ivar sweep: the service's :class:`~sockproto.serving.timers.TimeoutSweep`: sets a fixed
         deadline (the half-close request timeout) only on the connections still
         waiting a second later.
     :ivar log_connections: whether the protocols built from now on log their
@@ -336,7 +336,7 @@ class StreamServerFactory(Factory):
             clock = self.clock = cast(IReactorTime, reactor)
         return clock
 
-    # -- graceful stop (sockproto.service.DrainableFactory) -----------------------------
+    # -- graceful stop (sockproto.serving.service.DrainableFactory) -----------------------------
 
     def stop_accepting(self) -> None:
         """Refuse every new connection from now on."""

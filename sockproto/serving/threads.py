@@ -22,9 +22,9 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from ..handlers import Handler
+from ..request import Request
 from .answering import as_answer
-from .handlers import Handler
-from .request import Request
 
 __all__ = ["ThreadedHandler"]
 
@@ -39,7 +39,7 @@ class ThreadedHandler:
     :param name: the pool's name, seen in thread names.
 
     :ivar pool: the :class:`~twisted.python.threadpool.ThreadPool`; :meth:`start` and
-        :meth:`stop` it with the service (a :class:`~sockproto.service.ServerService`
+        :meth:`stop` it with the service (a :class:`~sockproto.serving.service.ServerService`
         does).
     """
 
@@ -64,7 +64,7 @@ class ThreadedHandler:
     def __call__(self, request: Request) -> Deferred[bytes]:
         """Queue ``handler(request)`` in the pool; the Deferred fires with its answer.
 
-        A pool nobody started (no :class:`~sockproto.service.ServerService` owns it) is
+        A pool nobody started (no :class:`~sockproto.serving.service.ServerService` owns it) is
         started here, and stopped when the reactor shuts down, as the reactor's own is.
         """
         reactor = self._reactor

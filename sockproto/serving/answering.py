@@ -9,8 +9,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from .handlers import Handler
-from .request import Request
+from ..handlers import Handler
+from ..request import Request
 
 __all__ = ["HandlerTimeout", "as_answer", "call_handler", "failure_message", "limit_time"]
 

@@ -7,7 +7,7 @@ by :class:`twisted.web.server.Site` on any stream endpoint string::
     twistd -n sockproto-frame --metrics tcp:9100:interface=127.0.0.1
     curl http://127.0.0.1:9100/metrics
 
-Every :class:`~sockproto.metrics.ServiceMetrics` given becomes a set of ``sockproto_*``
+Every :class:`~sockproto.serving.metrics.ServiceMetrics` given becomes a set of ``sockproto_*``
 series labelled by ``service`` (plus ``code``, ``name`` for errors and ``reason`` for
 dropped datagrams), read fresh at each scrape; the process's own series (memory, open
 file descriptors, CPU) come with them.  ``MetricsResource`` renders in a thread of the
@@ -69,7 +69,7 @@ _GAUGES = (
 class SockprotoCollector:
     """A ``prometheus_client`` collector of sockproto services' counters.
 
-    :param metrics: the :class:`~sockproto.metrics.ServiceMetrics` of each service
+    :param metrics: the :class:`~sockproto.serving.metrics.ServiceMetrics` of each service
         (``factory.metrics``).
     """
 

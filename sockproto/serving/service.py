@@ -144,7 +144,7 @@ class ServerService(MultiService):
     :param endpoints: ``(description, endpoint)`` pairs to listen on.
     :param drain_timeout: seconds the stop waits for requests already received; the
         rest is aborted after that.  ``0`` aborts at once.
-    :param threads: the :class:`~sockproto.threads.ThreadedHandler` whose pool this
+    :param threads: the :class:`~sockproto.serving.threads.ThreadedHandler` whose pool this
         service starts and stops, if the handler runs in threads.
     :param clock: the reactor timing the drain (the global reactor by default).
 

@@ -2,7 +2,7 @@
 
 One :class:`ServiceMetrics` per service (``factory.metrics``): the protocols add to it
 as they work, and whoever wants to know reads it, in process (tests, logs, a health
-check) or over HTTP in Prometheus format (:mod:`sockproto.prometheus`, ``--metrics``).
+check) or over HTTP in Prometheus format (:mod:`sockproto.serving.prometheus`, ``--metrics``).
 
 The counters are plain integer attributes, so counting costs an addition.  Hot paths
 count per read or per batch, never per frame: the frame server adds the requests a
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .core.spf1 import ErrorCode
+from ..core.spf1 import ErrorCode
 
 __all__ = ["SERVICE_KINDS", "ServiceMetrics"]
 
