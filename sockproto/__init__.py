@@ -40,6 +40,11 @@ _EXPORTS: dict[str, str] = {
     "RemoteError": "sockproto.frame.client",
     "RequestTimeout": "sockproto.frame.client",
     "connect_frame": "sockproto.frame.client",
+    "FramePool": "sockproto.frame.pool",
+    "PoolError": "sockproto.frame.pool",
+    "NoEndpointAvailable": "sockproto.frame.pool",
+    "RequestLost": "sockproto.frame.pool",
+    "PoolClosed": "sockproto.frame.pool",
     # datagram service
     "DatagramServerFactory": "sockproto.datagram.server",
     "DatagramServerProtocol": "sockproto.datagram.server",
@@ -78,6 +83,7 @@ __all__ = [
     "FrameClientFactory",
     "FrameClientProtocol",
     "FrameDecoder",
+    "FramePool",
     "FrameServerFactory",
     "FrameServerProtocol",
     "HalfCloseClientProtocol",
@@ -92,11 +98,15 @@ __all__ = [
     "INT32LE",
     "Kind",
     "MAX_UDP_PAYLOAD",
+    "NoEndpointAvailable",
     "PRESETS",
     "PayloadTooLarge",
+    "PoolClosed",
+    "PoolError",
     "PortUnreachable",
     "RemoteError",
     "Request",
+    "RequestLost",
     "RequestTimeout",
     "SPF1",
     "ServerReset",
@@ -132,6 +142,7 @@ if TYPE_CHECKING:
         RequestTimeout,
         connect_frame,
     )
+    from .frame.pool import FramePool, NoEndpointAvailable, PoolClosed, PoolError, RequestLost
     from .frame.server import FrameServerFactory, FrameServerProtocol
     from .halfclose.client import (
         AnswerTimeout,

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 
 from .request import Request
 
-__all__ = ["BUILTINS", "Answer", "Handler", "echo", "resolve_handler", "sha256"]
+__all__ = ["BUILTINS", "Answer", "Handler", "echo", "peer", "resolve_handler", "sha256"]
 
 Answer: TypeAlias = "bytes | Deferred[bytes] | Coroutine[Any, Any, bytes]"
 """What a handler may return."""
@@ -35,7 +35,23 @@ def sha256(request: Request) -> bytes:
     return hashlib.sha256(request.payload).hexdigest().encode("ascii") + b"\n"
 
 
-BUILTINS: Final[Mapping[str, Handler]] = {"echo": echo, "sha256": sha256}
+def peer(request: Request) -> bytes:
+    """Answer the client's address as the server sees it, then a newline.
+
+    ``HOST:PORT`` (``[HOST]:PORT`` for IPv6), else the address as Python shows it.
+    Behind a ``proxy:`` listener it is the client the PROXY header names: a quick
+    check that a load balancer passes the client's address on.
+    """
+    address = request.peer
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    else:
+        text = repr(address)
+    return text.encode("utf-8", "backslashreplace") + b"\n"
+
+
+BUILTINS: Final[Mapping[str, Handler]] = {"echo": echo, "sha256": sha256, "peer": peer}
 """The handlers ``--handler`` knows by name."""
 
 

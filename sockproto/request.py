@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING, ClassVar
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress
 
 from .core.decoder import Frame
 from .core.header import FieldValue, HeaderSpec
+
+if TYPE_CHECKING:
+    from .serving.tls import PeerCertificate
 
 __all__ = ["Request", "normalize_peer"]
 
@@ -24,10 +28,15 @@ class Request(Frame):
     :ivar kind: the header's kind field, or ``None``.
     :ivar header: the raw header values in wire order (empty without a header).
     :ivar fields: the decoded header fields by name (empty without a header).
+    :ivar peer_certificate: the verified client certificate of a TLS connection (a
+        :class:`~sockproto.serving.tls.PeerCertificate`), ``None`` without TLS or
+        without one.  A class attribute: the requests of a TLS connection are of a
+        subclass (:func:`~sockproto.serving.tls.request_type`), so no request pays for it.
     """
 
     __slots__ = ("peer",)
     peer: IAddress | None
+    peer_certificate: ClassVar[PeerCertificate | None] = None
 
     #: Like :class:`~sockproto.core.decoder.Frame`, the decoder builds requests
     #: without calling ``__init__``: the service sets ``peer`` before any handler runs.

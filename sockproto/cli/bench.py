@@ -13,6 +13,7 @@ terminal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -28,8 +29,9 @@ from twisted.python.failure import Failure
 from ..datagram.client import DatagramClientProtocol
 from ..frame.client import AnswerTooLarge as FrameAnswerTooLarge
 from ..frame.client import FrameClientProtocol, RemoteError, RequestTimeout
+from ..frame.pool import FramePool, NoEndpointAvailable, PoolClosed, PoolError
 from ..halfclose.client import halfclose_request
-from .commands import Call, connect_datagram_client, connect_frame_client
+from .commands import Call, connect_datagram_client, connect_frame_client, open_pool
 from .errors import Status, describe
 
 __all__ = ["BenchResult", "LoadGenerator", "Progress", "Session", "percentile", "session_opener"]
@@ -298,6 +300,36 @@ class _FrameSession:
         self.client.close()
 
 
+class _PoolSession:
+    """A worker of a frame pool (``--endpoint``, ``--connections``): the pool's connections are shared.
+
+    After "every endpoint is down" the worker waits for a reconnection (at most its
+    timeout) before its next request, rather than failing every request left at once.
+    """
+
+    def __init__(self, pool: FramePool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self._wait = False
+
+    def send(self, payload: bytes) -> Deferred[bytes]:
+        return Deferred.fromCoroutine(self._send(payload))
+
+    async def _send(self, payload: bytes) -> bytes:
+        if self._wait:
+            self._wait = False
+            with contextlib.suppress(PoolError):
+                await self.pool.wait_ready(self.timeout)
+        return await self.pool.request(payload, timeout=self.timeout)
+
+    def fatal(self, error: Exception) -> bool:
+        self._wait = isinstance(error, NoEndpointAvailable)
+        return isinstance(error, PoolClosed)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 class _DatagramSession:
     """A datagram client: one connected UDP socket for the whole run."""
 
@@ -336,8 +368,19 @@ class _HalfCloseSession:
 def session_opener(reactor: Any, service: str, call: Call) -> Opener:
     """Return what opens one worker's session to ``call.target`` for ``service``."""
 
+    pools: list[FramePool] = []
+
     async def frame() -> Session:
-        return _FrameSession(await connect_frame_client(reactor, call), call.timeout)
+        if not call.pool:
+            return _FrameSession(await connect_frame_client(reactor, call), call.timeout)
+        if not pools:  # the first worker opens the pool the others share
+            pools.append(open_pool(reactor, call))
+        try:
+            await pools[0].wait_ready(call.timeout, fail_fast=True)
+        except Exception:
+            pools[0].close()
+            raise
+        return _PoolSession(pools[0], call.timeout)
 
     async def datagram() -> Session:
         return _DatagramSession(await connect_datagram_client(reactor, call), call)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -22,6 +22,7 @@ from ..core.header import HeaderSpec
 from ..datagram.client import DEFAULT_RETRIES, DatagramClientProtocol, connect_datagram
 from ..datagram.endpoints import UDPClientEndpoint
 from ..frame.client import FrameClientProtocol
+from ..frame.pool import FramePool
 from ..halfclose.client import halfclose_request
 from .endpoints import Target
 from .errors import CommandError, Status, describe
@@ -32,6 +33,7 @@ __all__ = [
     "connect_datagram_client",
     "connect_frame_client",
     "connect_with_timeout",
+    "open_pool",
     "run_datagram",
     "run_frame",
     "run_halfclose",
@@ -69,6 +71,9 @@ class Call:
 
     :ivar header: the frame header (``frame``, ``ping`` over a stream).
     :ivar mode: the datagram mode, ``spf1`` or ``raw`` (``datagram``, ``ping`` over UDP).
+    :ivar pool: the endpoints of a :class:`~sockproto.frame.pool.FramePool` (``--endpoint``,
+        ``--connections``), empty for one plain connection.
+    :ivar proxy_header: sent first on each connection (``--proxy-v2``), or nothing.
     """
 
     target: Target
@@ -78,6 +83,10 @@ class Call:
     header: HeaderSpec | None = None
     mode: str = "spf1"
     retries: int = DEFAULT_RETRIES
+    pool: list[str] = field(default_factory=list)
+    connections: int = 1
+    keepalive: float | None = 30.0
+    proxy_header: bytes = b""
 
 
 async def connect_with_timeout(reactor: Any, call: Call, connecting: Deferred[T]) -> T:
@@ -97,7 +106,7 @@ async def connect_frame_client(reactor: Any, call: Call) -> FrameClientProtocol:
     assert call.header is not None
     endpoint = call.target.endpoint
     assert IStreamClientEndpoint.providedBy(endpoint)
-    proto = FrameClientProtocol(call.header, clock=reactor)
+    proto = FrameClientProtocol(call.header, clock=reactor, proxy_header=call.proxy_header)
     return await connect_with_timeout(reactor, call, connectProtocol(endpoint, proto))
 
 
@@ -118,8 +127,31 @@ async def _close(closing: Deferred[None], reactor: Any) -> None:
         await closing
 
 
+def open_pool(reactor: Any, call: Call) -> FramePool:
+    """A started frame pool over ``call.pool``."""
+    assert call.header is not None
+    pool = FramePool(
+        call.pool,
+        connections=call.connections,
+        header=call.header,
+        keepalive=call.keepalive,
+        connect_timeout=call.timeout,
+        reactor=reactor,
+    )
+    pool.startService()  # type: ignore[no-untyped-call]
+    return pool
+
+
 async def run_frame(reactor: Any, call: Call, streams: Streams) -> Status:
-    """``sockproto frame``: REQUEST frames over one stream connection."""
+    """``sockproto frame``: REQUEST frames over one stream connection (or a pool)."""
+    if call.pool:
+        pool = open_pool(reactor, call)
+        try:
+            for _ in range(call.count):
+                streams.answer(await _request(pool.request(call.payload, timeout=call.timeout), call))
+        finally:
+            await _close(pool.close(), reactor)
+        return Status.ANSWERED
     client = await connect_frame_client(reactor, call)
     try:
         for _ in range(call.count):
@@ -146,7 +178,9 @@ async def run_halfclose(reactor: Any, call: Call, streams: Streams) -> Status:
     endpoint = call.target.endpoint
     assert IStreamClientEndpoint.providedBy(endpoint)
     for _ in range(call.count):
-        asked = halfclose_request(endpoint, call.payload, timeout=call.timeout, reactor=reactor)
+        asked = halfclose_request(
+            endpoint, call.payload, timeout=call.timeout, reactor=reactor, proxy_header=call.proxy_header
+        )
         streams.answer(await _request(asked, call))
     return Status.ANSWERED
 

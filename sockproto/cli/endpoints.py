@@ -24,9 +24,10 @@ from twisted.internet.endpoints import HostnameEndpoint, clientFromString
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamClientEndpointStringParserWithReactor
 from twisted.plugin import getPlugins
 
+from ..core.proxy_encode import encode_v2
 from ..datagram.endpoints import UDPClientEndpoint, udp_client_from_string
 
-__all__ = ["Target", "client_endpoint", "split_shorthand"]
+__all__ = ["Target", "client_endpoint", "proxy_v2_header", "split_shorthand"]
 
 _BRACKETED: Final = re.compile(r"\[([^\[\]]+)\]:([0-9]+)\Z")
 _PLAIN: Final = re.compile(r"([^:\[\]\s]+):([0-9]+)\Z")
@@ -131,3 +132,33 @@ def _is_ipv6(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def proxy_v2_header(source: str, target: str) -> bytes:
+    """The PROXY v2 header ``--proxy-v2 SRC:PORT`` sends first, naming ``source`` as the client.
+
+    The destination is the target's address when the target is an IP ``HOST:PORT`` of
+    the source's family, else the unspecified address of that family (and the
+    target's port, if it has one): a sockproto server reads only the source.
+
+    :raises ValueError: if ``source`` is not ``IPv4:PORT`` or ``[IPv6]:PORT``.
+    """
+    parsed = split_shorthand(source.strip())
+    try:
+        host = ipaddress.ip_address(parsed[0]) if parsed is not None else None
+    except ValueError:
+        host = None
+    if parsed is None or host is None:
+        raise ValueError(f"--proxy-v2 {source!r}: expected the client's IPv4:PORT or [IPv6]:PORT")
+    try:
+        aimed = split_shorthand(target.strip())
+    except ValueError:
+        aimed = None
+    destination = (str(ipaddress.ip_address(0 if host.version == 4 else "::")), aimed[1] if aimed else 0)
+    if aimed is not None:
+        try:
+            if ipaddress.ip_address(aimed[0]).version == host.version:
+                destination = aimed
+        except ValueError:
+            pass
+    return encode_v2((str(host), parsed[1]), destination)

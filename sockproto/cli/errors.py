@@ -15,6 +15,7 @@ from twisted.internet.error import (
 from twisted.python.failure import Failure
 
 from ..frame.client import RemoteError
+from ..serving.tls import tls_client_error
 
 __all__ = ["CommandError", "Status", "describe"]
 
@@ -75,6 +76,8 @@ def describe(error: BaseException | Failure, where: str) -> CommandError:
         message = f"{where}: the connection was closed before the answer came"
     elif isinstance(error, ConnectionClosed):
         message = f"{where}: the connection was lost (reset?) before the answer came: {detail}"
+    elif (tls := tls_client_error(error)) is not None:
+        message = f"{where}: TLS handshake failed: {tls}"
     else:
         message = f"{where}: {type(error).__name__}: {detail}"
     return CommandError(Status.NO_ANSWER, _one_line(message))

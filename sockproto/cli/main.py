@@ -3,11 +3,13 @@
 .. code-block:: text
 
    sockproto frame     ENDPOINT [--data TEXT | --file PATH] [--header H] [--timeout S] [--count N]
+                       [--endpoint ENDPOINT]... [--connections N] [--keepalive S] [--proxy-v2 SRC:PORT]
    sockproto datagram  ENDPOINT [--data TEXT | --file PATH] [--header spf1|raw] [--retries N] ...
-   sockproto halfclose ENDPOINT [--data TEXT | --file PATH] [--timeout S] [--count N]
+   sockproto halfclose ENDPOINT [--data TEXT | --file PATH] [--timeout S] [--count N] [--proxy-v2 SRC:PORT]
    sockproto ping      ENDPOINT [--data TEXT | --file PATH] [--timeout S] [--count N]
    sockproto bench     ENDPOINT [--service frame|datagram|halfclose] [--requests N]
                        [--concurrency C] [--size BYTES] [--json]
+                       [--endpoint ENDPOINT]... [--connections N] [--keepalive S]
 
 Exit status: 0 answered, 1 the server answered ERROR, 2 usage error, 3 no answer
 (could not connect, reset, timed out).  Every failure is one line on stderr.
@@ -28,7 +30,7 @@ from ..core.units import parse_duration, parse_size
 from ..datagram.client import DEFAULT_RETRIES
 from .bench import BenchResult, LoadGenerator, Progress, session_opener
 from .commands import Call, Streams, run_datagram, run_frame, run_halfclose, run_ping
-from .endpoints import client_endpoint
+from .endpoints import client_endpoint, proxy_v2_header
 from .errors import CommandError, Status, describe
 
 __all__ = ["UsageError", "build_parser", "main", "prepare", "read_payload"]
@@ -100,6 +102,51 @@ def _add_request_options(parser: argparse.ArgumentParser, *, stdin: bool = True)
     )
 
 
+def _add_proxy_option(parser: argparse.ArgumentParser) -> None:
+    """``--proxy-v2 SRC:PORT``: start each connection with a PROXY v2 header, as a load balancer."""
+    parser.add_argument(
+        "--proxy-v2",
+        metavar="SRC:PORT",
+        help="send a PROXY protocol v2 header naming SRC:PORT as the client first (for a proxy: listener)",
+    )
+
+
+def _add_pool_options(parser: argparse.ArgumentParser) -> None:
+    """``--endpoint``, ``--connections``, ``--keepalive``: send through a frame pool."""
+    parser.add_argument(
+        "--endpoint",
+        dest="endpoints",
+        metavar="ENDPOINT",
+        action="append",
+        default=[],
+        help="another server (repeatable): requests go through a pool over ENDPOINT and each --endpoint",
+    )
+    parser.add_argument(
+        "--connections",
+        metavar="N",
+        type=_typed(_count),
+        help="use a pool with N connections per endpoint (default 1; bench: C / endpoints)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        metavar="SECONDS",
+        type=_typed(parse_duration),
+        default=30.0,
+        help="pool: PING a connection idle for SECONDS (default 30)",
+    )
+
+
+def _pool_endpoints(args: argparse.Namespace, reactor: Any) -> list[str]:
+    """ENDPOINT and each ``--endpoint``, without repeats, if a pool is asked for; else none."""
+    if not args.endpoints and args.connections is None:
+        return []
+    texts = list(dict.fromkeys(t.strip() for t in [args.endpoint, *args.endpoints]))
+    for text in texts:
+        if client_endpoint(reactor, text, datagram=False, timeout=args.timeout).is_datagram:
+            raise ValueError(f"--endpoint {text!r}: the frame pool takes stream endpoints, not udp:")
+    return texts
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sockproto`` argument parser; bad arguments raise :class:`UsageError`."""
     parser = _Parser(
@@ -115,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     frame = commands.add_parser("frame", help="send REQUEST frames (TCP, UNIX, TLS)", description=stdin_note)
     _add_request_options(frame)
+    _add_pool_options(frame)
     frame.add_argument(
         "--header", choices=list(PRESETS), default="spf1", help="the wire header (default spf1)"
     )
+    _add_proxy_option(frame)
 
     datagram = commands.add_parser("datagram", help="send UDP datagram requests", description=stdin_note)
     _add_request_options(datagram)
@@ -134,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "halfclose", help="send one request per connection, ended by a half-close", description=stdin_note
     )
     _add_request_options(halfclose)
+    _add_proxy_option(halfclose)
 
     ping = commands.add_parser(
         "ping",
@@ -172,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries", metavar="N", type=_typed(_retries), default=DEFAULT_RETRIES, help=argparse.SUPPRESS
     )
     bench.add_argument("--json", action="store_true", help="print the result as one line of JSON")
+    _add_pool_options(bench)
     return parser
 
 
@@ -214,6 +265,13 @@ def prepare(args: argparse.Namespace, reactor: Any, stdin: BinaryIO, streams: St
             f"{args.endpoint!r}: the datagram service takes udp:host=HOST:port=PORT or HOST:PORT"
         )
     call = Call(target, b"", timeout=args.timeout, retries=getattr(args, "retries", DEFAULT_RETRIES))
+    if hasattr(args, "endpoints"):  # frame, bench
+        call.pool = _pool_endpoints(args, reactor)
+        if call.pool and service != "frame":
+            raise ValueError("--endpoint, --connections: only the frame service has a pool")
+        call.keepalive = args.keepalive
+        workers = min(args.concurrency, args.requests) if command == "bench" else 1
+        call.connections = args.connections or max(1, -(-workers // max(1, len(call.pool))))
     header = getattr(args, "header", None)
     if service == "datagram":
         call.mode = header or "spf1"
@@ -231,7 +289,8 @@ def prepare(args: argparse.Namespace, reactor: Any, stdin: BinaryIO, streams: St
             raise ValueError("--header: the half-close service has no header")
         if args.size > limit:
             raise ValueError(f"--size: {args.size} bytes is over the {limit}-byte limit of one request here")
-        result = BenchResult(args.service, target.text, args.requests, args.concurrency, args.size)
+        where = ", ".join(call.pool) or target.text
+        result = BenchResult(args.service, where, args.requests, args.concurrency, args.size)
         progress = Progress(streams.err, args.requests) if streams.err.isatty() else None
         payload = (bytes(range(251)) * (args.size // 251 + 1))[: args.size]
 
@@ -244,6 +303,10 @@ def prepare(args: argparse.Namespace, reactor: Any, stdin: BinaryIO, streams: St
             return done.status
 
         return bench
+    if getattr(args, "proxy_v2", None) is not None:
+        if call.pool:
+            raise ValueError("--proxy-v2: not with --endpoint or --connections (one connection only)")
+        call.proxy_header = proxy_v2_header(args.proxy_v2, args.endpoint)
     call.payload = read_payload(args, stdin, limit)
     call.count = args.count
     run = {"frame": run_frame, "datagram": run_datagram, "halfclose": run_halfclose, "ping": run_ping}[

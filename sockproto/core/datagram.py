@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Container
 from enum import Enum
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 from .decoder import Frame
 from .header import SPF1, FieldValue, HeaderSpec
@@ -22,12 +22,15 @@ from .spf1 import ErrorCode, Kind, encode_error
 
 __all__ = [
     "CLIENT_KINDS",
+    "COOKIE_PREFIX",
     "HEADER_SIZE",
     "MAX_UDP_PAYLOAD",
     "MIN_DATAGRAM",
+    "MODES",
     "READ_SIZE",
     "SERVER_KINDS",
     "DropReason",
+    "Mode",
     "encode_datagram",
     "encode_error_datagram",
     "parse_datagram",
@@ -50,6 +53,15 @@ SERVER_KINDS: Final = frozenset((int(Kind.REQUEST), int(Kind.PING)))
 
 CLIENT_KINDS: Final = frozenset((int(Kind.RESPONSE), int(Kind.ERROR), int(Kind.PONG)))
 """The kinds a client accepts."""
+
+Mode = Literal["spf1", "raw"]
+"""A datagram service's wire mode: SPF/1 datagrams, or bare payloads."""
+
+MODES: Final[tuple[Mode, ...]] = ("spf1", "raw")
+"""The wire modes."""
+
+COOKIE_PREFIX: Final = b"cookie="
+"""How an amplification guard's cookie starts, in its ERROR 2 and in the PING that returns it."""
 
 _HEADER: Final = struct.Struct(">2sBBII")
 _PREFIX: Final = b"SP\x01"  # magic and version: what makes a datagram SPF/1 at all

@@ -13,7 +13,7 @@ ICMP "port unreachable" fails the requests at once with :class:`PortUnreachable`
 instead of letting them time out.
 
 A server's amplification guard answers a large answer to an unverified client with an
-ERROR 2 that carries a cookie (:mod:`sockproto.datagram.guard`); the client then
+ERROR 2 that carries a cookie (:mod:`sockproto.core.datagram_guard`); the client then
 returns the cookie in a PING and, once the PONG is back, asks again (once per request),
 which gets the answer from the server's reply cache.
 """
@@ -30,14 +30,21 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..core.datagram import CLIENT_KINDS, HEADER_SIZE, MAX_UDP_PAYLOAD, encode_datagram, parse_datagram
+from ..core.datagram import (
+    CLIENT_KINDS,
+    COOKIE_PREFIX,
+    HEADER_SIZE,
+    MAX_UDP_PAYLOAD,
+    MODES,
+    Mode,
+    encode_datagram,
+    parse_datagram,
+)
 from ..core.decoder import Frame
 from ..core.header import PayloadTooLarge
 from ..core.spf1 import ErrorCode, Kind, decode_error
 from ..frame.client import RemoteError, RequestTimeout
 from .endpoints import UDPClientEndpoint, udp_client_from_string
-from .guard import COOKIE_PREFIX
-from .server import MODES, Mode
 
 __all__ = [
     "DEFAULT_INTERVAL",

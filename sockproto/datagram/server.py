@@ -22,32 +22,42 @@ Handlers see IPv4 peers of a dual-stack socket as plain IPv4, while the reply go
 the address as the socket reported it (Twisted's UDP ``write`` only takes literals of
 the socket's own family).
 
-Abuse resistance (:mod:`sockproto.datagram.guard`): an optional per-source rate limit
+Abuse resistance (:mod:`sockproto.core.datagram_guard`): an optional per-source rate limit
 (over it, datagrams are dropped, counted ``rate_limited``), and the amplification
 guard, on by default: an answer more than ``amplification`` times the size of its
 request goes only to a *verified* source; to another one it becomes an ERROR 2
 carrying a cookie (SPF/1) or is dropped (raw, counted ``amplification``).  A handler
 overrunning ``handler_timeout`` gets ERROR 6 (raw: dropped) and is cancelled.
 
+Sources in the trusted networks (``trusted``: loopback by default) are exempt from
+both the rate limit and the amplification guard.
+
 At shutdown (:meth:`DatagramServerFactory.stop_accepting`, then :meth:`~DatagramServerFactory.drain`)
 the sockets stop being read while the handlers already running finish and their
 answers are sent; the sockets close after that.
+
+The factory holds one :class:`~sockproto.datagram.settings.DatagramSettings`, in a
+:class:`~sockproto.datagram.settings.DatagramShared` it gives its protocols: setting an
+attribute (``factory.max_pending = 8``) replaces the settings, and every socket,
+already serving or not, applies them from its next datagram.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar, Final, Literal, cast
+from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
 
-from ..core.datagram import MAX_UDP_PAYLOAD, MIN_DATAGRAM
+from ..core.datagram import MAX_UDP_PAYLOAD, MODES, Mode
+from ..core.datagram_guard import DEFAULT_AMPLIFICATION, DEFAULT_TRUSTED, SourceRateLimit, SourceVerifier
 from ..handlers import Handler
 from ..serving.logs import LogLimiter
-from .cache import DEFAULT_CACHE_AGE, DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES, ReplyCache
-from .guard import DEFAULT_AMPLIFICATION, DEFAULT_TRUSTED, SourceRateLimit, SourceVerifier
+from ..serving.settings import Setting
+from ..core.datagram_cache import DEFAULT_CACHE_AGE, DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES
 from .protocol import DatagramServerProtocol
+from .settings import DEFAULT_MAX_PENDING, DatagramSettings, DatagramShared
 from .stats import DatagramStats
 
 __all__ = [
@@ -57,13 +67,6 @@ __all__ = [
     "DatagramServerProtocol",
     "Mode",
 ]
-
-Mode = Literal["spf1", "raw"]
-MODES: Final[tuple[Mode, ...]] = ("spf1", "raw")
-"""The wire modes: SPF/1 datagrams, or bare payloads."""
-
-DEFAULT_MAX_PENDING: Final = 1024
-"""Handlers allowed to run at once per socket; datagrams past that are dropped."""
 
 
 class DatagramServerFactory:
@@ -79,21 +82,36 @@ class DatagramServerFactory:
     :param handler_timeout: seconds an asynchronous handler has to answer; ``None``:
         no limit.
     :param rate_limit: requests per second allowed per source host (bursts of as many);
-        ``None``: no limit.
+        ``None``: no limit.  Trusted sources are exempt.
     :param amplification: the largest answer to an unverified source, as a multiple of
         its request's size; ``None`` disables the guard.
-    :param trusted: networks whose sources are verified (loopback by default).
+    :param trusted: networks whose sources are verified and not rate-limited
+        (loopback by default).
     :param clock: the reactor whose time ages the cache and runs the timeouts (the
         global reactor by default).
+    :ivar settings: the service's :class:`~sockproto.datagram.settings.DatagramSettings`
+        (each of its fields is also an attribute of the factory, which can be set).
     :ivar stats: the service's :class:`~sockproto.datagram.stats.DatagramStats` (also
         ``metrics``).
     :ivar protocols: the protocols serving a socket now.
-    :ivar verifier: the :class:`~sockproto.datagram.guard.SourceVerifier` (``None``
+    :ivar verifier: the :class:`~sockproto.core.datagram_guard.SourceVerifier` (``None``
         without a guard).
     :raises ValueError: for a setting out of range.
     """
 
     replies_through_port: ClassVar[bool] = True
+
+    handler: Setting[Handler] = Setting()
+    mode: Setting[Mode] = Setting()
+    max_datagram: Setting[int] = Setting()
+    max_pending: Setting[int] = Setting()
+    cache_entries: Setting[int] = Setting()
+    cache_bytes: Setting[int] = Setting()
+    cache_age: Setting[float] = Setting()
+    handler_timeout: Setting[float | None] = Setting()
+    amplification: Setting[int | None] = Setting()
+    trusted: Setting[tuple[str, ...]] = Setting()
+    clock: Setting[IReactorTime | None] = Setting()
 
     def __init__(
         self,
@@ -111,82 +129,80 @@ class DatagramServerFactory:
         trusted: Iterable[str] = DEFAULT_TRUSTED,
         clock: IReactorTime | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        if not MIN_DATAGRAM <= max_datagram <= MAX_UDP_PAYLOAD:
-            raise ValueError(
-                f"max_datagram must be between {MIN_DATAGRAM} and {MAX_UDP_PAYLOAD} bytes, not {max_datagram}"
+        stats = DatagramStats()
+        self.shared = DatagramShared(
+            DatagramSettings(
+                handler, stats, LogLimiter(clock), handler_timeout, clock,
+                log=DatagramServerProtocol._log,  # the namespace of the service's events
+                mode=mode, max_datagram=max_datagram, max_pending=max_pending,
+                cache_entries=cache_entries, cache_bytes=cache_bytes, cache_age=cache_age,
+                rate_limit=rate_limit, amplification=amplification, trusted=tuple(trusted),
             )
-        if max_pending < 1:
-            raise ValueError(f"max_pending must be at least 1, not {max_pending}")
-        if cache_entries < 0 or cache_bytes < 0 or cache_age < 0:
-            raise ValueError("the reply cache's bounds must not be negative")
-        if handler_timeout is not None and not handler_timeout > 0:
-            raise ValueError(f"handler_timeout must be positive or None, not {handler_timeout}")
-        if amplification is not None and amplification < 1:
-            raise ValueError(f"amplification must be at least 1 or None, not {amplification}")
-        self.handler = handler
-        self.mode: Mode = mode
-        self.max_datagram = max_datagram
-        self.max_pending = max_pending
-        self.cache_entries = cache_entries
-        self.cache_bytes = cache_bytes
-        self.cache_age = cache_age
-        self.handler_timeout = handler_timeout
-        self.amplification = amplification
-        self.clock = clock
-        self.rate_limit = SourceRateLimit(rate_limit, clock=clock) if rate_limit is not None else None
-        self.verifier = SourceVerifier(trusted, clock=clock) if amplification is not None else None
-        self.stats = self.metrics = DatagramStats()
-        self.limiter = LogLimiter(clock)
-        self.protocols: set[DatagramServerProtocol] = set()
-        self.draining = False
-        self._drained: list[Deferred[None]] = []
+        )  # fmt: skip
+        self.stats = self.metrics = stats
+
+    @property
+    def settings(self) -> DatagramSettings:
+        """The service's settings (setting them reaches every socket)."""
+        return self.shared.settings
+
+    @settings.setter
+    def settings(self, settings: DatagramSettings) -> None:
+        self.shared.settings = settings
+
+    @property
+    def rate_limit(self) -> SourceRateLimit | None:
+        """The per-source rate limit (``None``: none); set it to a rate or ``None``."""
+        return self.settings.rate
+
+    @rate_limit.setter
+    def rate_limit(self, rate: float | None) -> None:
+        self.settings = replace_settings(self.settings, rate_limit=rate)
+
+    @property
+    def verifier(self) -> SourceVerifier | None:
+        """The amplification guard's verifier (``None`` without a guard)."""
+        return self.settings.verifier
+
+    @property
+    def limiter(self) -> LogLimiter:
+        """Rate-limits the service's log events."""
+        return self.settings.limiter
+
+    @property
+    def protocols(self) -> set[Any]:
+        """The protocols serving a socket now."""
+        return self.shared.sockets
+
+    @property
+    def draining(self) -> bool:
+        """Whether :meth:`stop_accepting` was called."""
+        return not self.shared.reading
 
     def buildProtocol(self, addr: IAddress | None = None) -> DatagramServerProtocol:
         """Return a new protocol to serve one socket of this service."""
-        return DatagramServerProtocol(self)
-
-    def make_cache(self) -> ReplyCache:
-        """Return a new, empty reply cache with this service's bounds."""
-        return ReplyCache(
-            self._clock(), max_entries=self.cache_entries, max_bytes=self.cache_bytes, max_age=self.cache_age
-        )
+        return DatagramServerProtocol(self.shared)
 
     # -- graceful stop (sockproto.serving.service.DrainableFactory) -----------------------------
 
     def stop_accepting(self) -> None:
         """Stop reading every socket; they stay open for the answers still owed."""
-        self.draining = True
-        for protocol in list(self.protocols):
+        self.shared.reading = False
+        for protocol in list(self.shared.sockets):
             protocol.stop_reading()
 
     def drain(self) -> Deferred[None]:
         """Fire once no handler runs on any socket."""
-        self.draining = True
-        if not any(protocol.pending for protocol in self.protocols):
-            return succeed(None)
-        d: Deferred[None] = Deferred(self._drained.remove)
-        self._drained.append(d)
-        return d
-
-    def check_drained(self) -> None:
-        """A handler finished while draining: fire :meth:`drain`'s Deferreds if it was the last."""
-        if self._drained and not any(protocol.pending for protocol in self.protocols):
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
+        self.shared.reading = False
+        return self.shared.pending.idle()
 
     def abort(self) -> int:
-        """Cancel every handler still running; return how many."""
-        running = sum(protocol.pending for protocol in self.protocols)
-        for protocol in list(self.protocols):
-            protocol.abort()
-        return running
+        """Cancel every handler still running (their answers are not sent); return how many."""
+        return self.shared.pending.cancel_all()
 
-    def _clock(self) -> IReactorTime:
-        if self.clock is None:
-            from twisted.internet import reactor
 
-            self.clock = cast(IReactorTime, reactor)
-        return self.clock
+def replace_settings(settings: DatagramSettings, **changes: Any) -> DatagramSettings:
+    """``settings`` with ``changes``, validated again."""
+    from dataclasses import replace
+
+    return replace(settings, **changes)

@@ -78,6 +78,9 @@ class FrameClientProtocol(Protocol):
     :param header: the wire header; it must match the server's.
     :param max_payload: larger answers fail their request with :class:`AnswerTooLarge`.
     :param clock: the reactor used for timeouts (the global reactor by default).
+    :param proxy_header: bytes sent first, as soon as the connection is made: a PROXY
+        protocol header (:func:`~sockproto.core.proxy_encode.encode_v2`) for a server
+        listening on ``proxy:``, as a load balancer would send it.
     """
 
     _log = Logger()
@@ -88,8 +91,10 @@ class FrameClientProtocol(Protocol):
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         clock: IReactorTime | None = None,
+        proxy_header: bytes = b"",
     ) -> None:
         self.header = header
+        self.proxy_header = proxy_header
         self._clock = clock
         accept = frozenset((Kind.RESPONSE, Kind.ERROR, Kind.PONG))
         self._decoder: FrameDecoder[Frame] = FrameDecoder(
@@ -146,6 +151,10 @@ class FrameClientProtocol(Protocol):
         return len(self._by_id) + sum(1 for w in self._in_order if w is not None)
 
     # -- IProtocol --------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        if self.proxy_header:
+            self.transport.write(self.proxy_header)  # type: ignore[union-attr]  # connected
 
     def dataReceived(self, data: bytes) -> None:
         if self._lost is not None:
@@ -300,11 +309,14 @@ def connect_frame(
     header: HeaderSpec = SPF1,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     reactor: Any = None,
+    proxy_header: bytes = b"",
 ) -> Deferred[FrameClientProtocol]:
     """Connect to a frame server; the Deferred fires with the connected client.
 
     :param endpoint: a Twisted client endpoint string (``tcp:host=...:port=...``,
         ``unix:path=...``, ``tls:...``) or an endpoint.
+    :param proxy_header: a PROXY protocol header sent before anything else (for a
+        server listening on ``proxy:``; see :func:`~sockproto.core.proxy_encode.encode_v2`).
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -312,6 +324,6 @@ def connect_frame(
         reactor = default_reactor
     if isinstance(endpoint, str):
         endpoint = clientFromString(reactor, endpoint)
-    proto = FrameClientProtocol(header, max_payload=max_payload, clock=reactor)
+    proto = FrameClientProtocol(header, max_payload=max_payload, clock=reactor, proxy_header=proxy_header)
     connected: Deferred[FrameClientProtocol] = connectProtocol(endpoint, proto)
     return connected

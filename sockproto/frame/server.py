@@ -1,4 +1,4 @@
-"""The framed-header server: a Twisted protocol and factory over the sans-IO decoder.
+"""The framed-header server: a Twisted protocol and factory over the sans-IO connection.
 
 Each complete request frame goes to the handler.  Synchronous answers are written
 before :meth:`~FrameServerProtocol.dataReceived` returns, all the answers of one read
@@ -14,27 +14,31 @@ not read its answers costs bounded memory and never slows the others.
 Limits: ``max_connections`` per service (over it a connection gets ERROR 5 and is
 closed), ``idle_timeout`` per connection (closed after that long with nothing received
 and nothing owed), ``handler_timeout`` per request (ERROR 6, the handler's Deferred
-cancelled).  At shutdown each connection is *drained*: see :meth:`FrameServerProtocol.drain`.
+cancelled).  With ``proxy`` every connection starts with a PROXY header, read before
+anything else (:class:`~sockproto.serving.proxy.ProxyHeaderState`): its source address
+is the ``request.peer`` the handler sees.  At shutdown each connection is *drained*: see
+:meth:`FrameServerProtocol.drain`.
 """
 
 from __future__ import annotations
-
-from typing import Any, cast
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 
 from ..core.decoder import DEFAULT_MAX_PAYLOAD
 from ..core.header import SPF1, HeaderSpec
 from ..handlers import Handler
-from ..serving.stream import StreamServerFactory, StreamServerProtocol
-from .protocol import DEFAULT_MAX_IN_FLIGHT, FrameServerProtocol
+from ..serving.proxy import ProxySettings
+from ..serving.settings import Setting
+from ..serving.stream import StreamServerFactory
+from .protocol import FrameServerProtocol
 from .refusal import FrameRefusal, Lingering
+from .settings import DEFAULT_MAX_IN_FLIGHT, FrameSettings
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "FrameServerFactory", "FrameServerProtocol"]
 
 
 class FrameServerFactory(StreamServerFactory):
-    """Build :class:`FrameServerProtocol` instances sharing one configuration and counters.
+    """Build :class:`FrameServerProtocol` instances sharing one settings object and counters.
 
     :param handler: see :mod:`sockproto.handlers`.
     :param header: the wire header (default SPF/1).
@@ -48,11 +52,26 @@ class FrameServerFactory(StreamServerFactory):
     :param handler_timeout: seconds an asynchronous handler has to answer (ERROR 6
         after that); ``None``: no limit.
     :param clock: schedules the timeouts (the global reactor by default).
+    :param proxy: every connection must start with a PROXY header (v1 or v2) sent by a
+        peer of ``proxy.networks``; ``None`` (the default): no header is expected.  To
+        expect one on some listeners only, listen there through a
+        :class:`~sockproto.serving.proxy.ProxyEndpoint`.
 
+    :ivar settings: the :class:`~sockproto.frame.settings.FrameSettings` every protocol
+        built from now on holds (by reference).  Its fields are also attributes of the
+        factory (``factory.max_payload = 1024``): setting one replaces the settings.
     :ivar metrics: the service's :class:`~sockproto.serving.metrics.ServiceMetrics`.
     """
 
     kind = "frame"
+    protocol = FrameServerProtocol
+    settings: FrameSettings
+
+    header: Setting[HeaderSpec] = Setting()
+    max_payload: Setting[int] = Setting()
+    max_in_flight: Setting[int] = Setting()
+    idle_timeout: Setting[float | None] = Setting()
+    proxy: Setting[ProxySettings | None] = Setting()
 
     def __init__(
         self,
@@ -65,42 +84,20 @@ class FrameServerFactory(StreamServerFactory):
         idle_timeout: float | None = None,
         handler_timeout: float | None = None,
         clock: IReactorTime | None = None,
+        proxy: ProxySettings | None = None,
     ) -> None:
-        if max_payload < 0:
-            raise ValueError(f"max_payload must be >= 0, not {max_payload}")
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
-        for name, value in (("idle_timeout", idle_timeout), ("handler_timeout", handler_timeout)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive or None, not {value}")
         super().__init__(max_connections=max_connections, clock=clock)
-        self.handler = handler
-        self.header = header
-        self.max_payload = min(max_payload, header.max_payload)
-        self.max_in_flight = max_in_flight
-        self.idle_timeout = idle_timeout
-        self.handler_timeout = handler_timeout
+        self.settings = FrameSettings(
+            **self.stream_settings(clock, None),
+            handler=handler,
+            handler_timeout=handler_timeout,
+            header=header,
+            max_payload=max_payload,
+            max_in_flight=max_in_flight,
+            idle_timeout=idle_timeout,
+            proxy=proxy,
+        )
         self._lingering = Lingering()
-        self._configured: tuple[dict[str, Any], type[StreamServerProtocol]] | None = None
-
-    def build(self, addr: IAddress | None) -> FrameServerProtocol:
-        """Return the protocol serving one admitted connection.
-
-        Its settings are class attributes of a subclass made for this factory and made
-        again when a setting changes (:meth:`StreamServerProtocol.configured
-        <sockproto.serving.stream.StreamServerProtocol.configured>`): an idle connection
-        holds only its own state.
-        """
-        settings = self.shared_settings(
-            FrameServerProtocol.settings_of(
-                self.handler, self.header, self.max_payload, self.max_in_flight,
-                self.idle_timeout, self.handler_timeout,
-            )
-        )  # fmt: skip
-        configured = self._configured
-        if configured is None or configured[0] != settings:
-            configured = self._configured = (settings, FrameServerProtocol.configured(settings))
-        return cast(FrameServerProtocol, configured[1].for_connection())
 
     def refusal(self, addr: IAddress | None) -> FrameRefusal:
         """Return the protocol that answers one refused connection with ERROR 5."""
@@ -109,4 +106,4 @@ class FrameServerFactory(StreamServerFactory):
             if self.tracker.accepting
             else "the server is shutting down"
         )
-        return FrameRefusal(self.header, message, self._clock(), self._lingering)
+        return FrameRefusal(self.settings.header, message, self._clock(), self._lingering)

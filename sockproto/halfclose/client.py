@@ -94,14 +94,20 @@ class HalfCloseClientProtocol(Protocol):
     :param max_answer: the connection is dropped and :attr:`answer` fails with
         :class:`AnswerTooLarge` once the answer passes this many bytes; ``None``
         accepts any size.
+    :param proxy_header: bytes sent before the request: a PROXY protocol header
+        (:func:`~sockproto.core.proxy_encode.encode_v2`) for a server listening on
+        ``proxy:``, as a load balancer would send it.
 
     :ivar answer: fires with the whole answer, or fails (:class:`ServerReset`,
         :class:`AnswerTooLarge`, :class:`HalfCloseUnsupported`).  Cancelling it
         aborts the connection.
     """
 
-    def __init__(self, request: bytes, *, max_answer: int | None = DEFAULT_MAX_ANSWER) -> None:
+    def __init__(
+        self, request: bytes, *, max_answer: int | None = DEFAULT_MAX_ANSWER, proxy_header: bytes = b""
+    ) -> None:
         self.request = request
+        self.proxy_header = proxy_header
         self.max_answer = max_answer
         self.answer: Deferred[bytes] = Deferred(self._cancel)
         self._chunks: list[bytes] = []
@@ -120,6 +126,8 @@ class HalfCloseClientProtocol(Protocol):
                 )
             )
             return
+        if self.proxy_header:
+            transport.write(self.proxy_header)
         transport.write(self.request)
         transport.loseWriteConnection()
 
@@ -186,6 +194,7 @@ def halfclose_request(
     timeout: float | None = DEFAULT_TIMEOUT,
     max_answer: int | None = DEFAULT_MAX_ANSWER,
     reactor: Any = None,
+    proxy_header: bytes = b"",
 ) -> Deferred[bytes]:
     """Send ``request`` to a half-close server; the Deferred fires with the whole answer.
 
@@ -201,6 +210,8 @@ def halfclose_request(
         ``tcp:host=\\:\\:1:port=8752``, ``unix:path=/run/app.sock``) or an endpoint.
     :param timeout: seconds, or ``None`` to wait as long as it takes.
     :param reactor: the reactor (the global one by default).
+    :param proxy_header: a PROXY protocol header sent before ``request`` (for a server
+        listening on ``proxy:``; see :func:`~sockproto.core.proxy_encode.encode_v2`).
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -208,7 +219,7 @@ def halfclose_request(
         reactor = default_reactor
     if isinstance(endpoint, str):
         endpoint = clientFromString(reactor, endpoint)
-    proto = HalfCloseClientProtocol(request, max_answer=max_answer)
+    proto = HalfCloseClientProtocol(request, max_answer=max_answer, proxy_header=proxy_header)
     connected: Deferred[HalfCloseClientProtocol] = connectProtocol(endpoint, proto)
     answer: Deferred[bytes] = connected.addCallback(lambda p: p.answer)
     if timeout is not None:

@@ -3,22 +3,23 @@
 The client sends its whole request and shuts down its write side; the server reads
 to end of file (:meth:`~HalfCloseServerProtocol.readConnectionLost`), runs the
 handler, writes the answer and closes the connection (FIN).  No framing is needed in
-either direction.
+either direction.  The rules are :class:`~sockproto.core.halfclose.HalfCloseRequest`'s
+(sans IO); the protocol here is the adapter between it, the transport, the handler's
+lifecycle (:class:`~sockproto.serving.answering.Answering`) and the timers.
 
 A request that cannot be answered never looks like an empty answer: the connection
 is *reset* (:meth:`~twisted.internet.interfaces.ITCPTransport.abortConnection`) when
-the request passes ``max_request`` bytes, when the handler fails, and when the whole
-request has not arrived ``request_timeout`` seconds after connecting.  (On a UNIX
-socket the kernel turns an abort into a reset only while the client is still sending;
-after the whole request was read, the client sees a plain end of file.)
-
-Limits: ``max_connections`` per service (a connection over it is reset at once),
-``handler_timeout`` per request (reset, the handler's Deferred cancelled).  At
-shutdown, see :meth:`HalfCloseServerProtocol.drain`.
+the request passes ``max_request`` bytes, when the handler fails or overruns
+``handler_timeout``, and when the whole request has not arrived ``request_timeout``
+seconds after connecting.  (On a UNIX socket the kernel turns an abort into a reset
+only while the client is still sending; after the whole request was read, the client
+sees a plain end of file.)
 
 Only transports that deliver the peer's half-close can serve this protocol:
 ``tcp:``, ``tcp6:``, ``unix:`` (and ``systemd:`` sockets of those kinds).  Twisted's
-TLS layer has no half-close (twisted#5341).
+TLS layer has no half-close (twisted#5341) and a ``ProtocolWrapper`` (HAProxy's)
+hides it: on such a transport the protocol refuses the connection at once
+(:func:`half_close_refusal`), logged once per service.
 """
 
 from __future__ import annotations
@@ -27,39 +28,90 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableDescriptor,
+    IHalfCloseableProtocol,
+    IReactorTime,
+    ISSLTransport,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..core.halfclose import HalfCloseRequest, ResetReason, State
 from ..core.spf1 import ErrorCode
 from ..handlers import Handler
 from ..request import Request
-from ..serving.answering import HandlerTimeout, call_handler, limit_time
 from ..serving.logs import LogLimiter
 from ..serving.metrics import ServiceMetrics
+from ..serving.proxy import ProxyHeader, ProxySettings
+from ..serving.settings import Setting, StreamSettings
 from ..serving.stream import StreamServerFactory, StreamServerProtocol
+from .settings import DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_REQUEST, DEFAULT_REQUEST_TIMEOUT, HalfCloseSettings
 
 __all__ = [
+    "DEFAULT_HANDLER_TIMEOUT",
     "DEFAULT_MAX_REQUEST",
     "DEFAULT_REQUEST_TIMEOUT",
     "HalfCloseServerFactory",
     "HalfCloseServerProtocol",
+    "half_close_refusal",
 ]
 
-DEFAULT_MAX_REQUEST = 1024 * 1024
-"""The largest request accepted by default, in bytes (1 MiB)."""
-
-DEFAULT_REQUEST_TIMEOUT = 30.0
-"""Seconds a client has, from connecting, to send its whole request and half-close."""
-
 _LOST = Failure(ConnectionDone())
+_CODES = {
+    ResetReason.TOO_LARGE: ErrorCode.TOO_LARGE,
+    ResetReason.REQUEST_TIMEOUT: ErrorCode.TIMEOUT,
+    ResetReason.HANDLER_TIMEOUT: ErrorCode.TIMEOUT,
+    ResetReason.HANDLER_FAILED: ErrorCode.HANDLER_FAILED,
+}  # the resets counted in metrics.errors
+
+
+def half_close_refusal(transport: object) -> str | None:
+    """Why ``transport`` cannot deliver a client's half-close to its protocol, or ``None`` if it can.
+
+    TLS (:class:`~twisted.protocols.tls.TLSMemoryBIOProtocol`) copies the interfaces
+    of the TCP transport it wraps, ``IHalfCloseableDescriptor`` included, but provides
+    ``ISSLTransport``; a :class:`~twisted.protocols.policies.ProtocolWrapper` (Twisted's
+    HAProxy wrapper) copies them too, but is itself no ``IHalfCloseableProtocol``, so
+    the client's half-close ends the whole connection.
+    """
+    cls = type(transport)
+    if cls in _HALF_CLOSEABLE and "__provides__" not in getattr(transport, "__dict__", ()):
+        return None  # a TCP or UNIX transport, as every connection of a service (measured: 0.3 us)
+    if ISSLTransport.providedBy(transport):
+        return "Twisted's TLS layer has no half-close (twisted#5341)"
+    if isinstance(transport, ProtocolWrapper) and not IHalfCloseableProtocol.providedBy(transport):
+        return f"{type(transport).__name__} is a ProtocolWrapper, which ends the connection on the half-close"
+    if not IHalfCloseableDescriptor.providedBy(transport):
+        return f"{type(transport).__name__} does not deliver the peer's half-close"
+    if "__provides__" not in getattr(transport, "__dict__", ()):
+        _HALF_CLOSEABLE.add(cls)  # its class alone decides: the next ones skip the checks
+    return None
+
+
+_HALF_CLOSEABLE: set[type] = set()
+
+
+def _abort(transport: Any) -> None:
+    """Abort ``transport``; a ``ProtocolWrapper`` has no ``abortConnection``: abort what it wraps."""
+    abort = getattr(transport, "abortConnection", None)
+    if abort is None:
+        inner = getattr(transport, "transport", None)
+        abort = getattr(inner, "abortConnection", None) or transport.loseConnection
+    abort()
 
 
 @implementer(IHalfCloseableProtocol)
 class HalfCloseServerProtocol(StreamServerProtocol):
     """Read one request to end of file, answer it with ``handler``, close.
+
+    Built by a :class:`HalfCloseServerFactory` (:meth:`from_settings`), or standalone
+    with these parameters:
 
     :param handler: called with a :class:`~sockproto.request.Request` (``id``,
         ``kind`` and ``header`` empty) once the client has half-closed.
@@ -71,21 +123,25 @@ class HalfCloseServerProtocol(StreamServerProtocol):
     :param handler_timeout: seconds an asynchronous handler has to answer; past that
         the connection is reset and the handler's Deferred cancelled.  ``None``: no limit.
     :param clock: the reactor used for the timeouts (the global reactor by default).
-    :param metrics: the counters to add to (the factory's; a new one by default).
-    :param limiter: rate-limits this connection's log events (the factory's).
+    :param metrics: the counters to add to (a new one by default).
+    :param limiter: rate-limits this connection's log events (a new one by default).
+    :param proxy: the connection starts with a PROXY header (see
+        :class:`~sockproto.serving.proxy.ProxyHeaderState`); ``None``: it does not.
 
+    :ivar settings: the service's :class:`~sockproto.halfclose.settings.HalfCloseSettings`.
     :ivar peer: the client's address, set when the connection is made.
+    :ivar exchange: the connection's :class:`~sockproto.core.halfclose.HalfCloseRequest`
+        (sans IO): its state and its bytes.
     """
 
     _log = Logger()
     kind = "halfclose"
-
-    # The state every connection starts in: class attributes, set per instance only
-    # when they change (a connection's setup is on the hot path of this service).
-    _received = 0  # request bytes so far
+    settings: HalfCloseSettings
+    exchange: HalfCloseRequest
     _pending: Deferred[bytes] | None = None  # the handler's answer, if asynchronous
-    _ending = False  # the connection is being closed or reset by us
     _lost = False
+    _refused = False  # the transport cannot half-close: aborted in makeConnection
+    _uncounted = False  # no request counted yet: a PROXY header awaited, or a LOCAL one received
 
     def __init__(
         self,
@@ -93,47 +149,127 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         *,
         max_request: int = DEFAULT_MAX_REQUEST,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-        handler_timeout: float | None = None,
+        handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
         clock: IReactorTime | None = None,
         metrics: ServiceMetrics | None = None,
         limiter: LogLimiter | None = None,
+        proxy: ProxySettings | None = None,
     ) -> None:
-        super().__init__(clock=clock, metrics=metrics, limiter=limiter)
-        self.handler = handler
-        self.max_request = max_request
-        self.request_timeout = request_timeout
-        self.handler_timeout = handler_timeout
-        self._chunks: list[bytes] | None = []  # None once the request is complete or refused
+        self.settings = HalfCloseSettings(
+            handler=handler,
+            metrics=metrics if metrics is not None else ServiceMetrics(self.kind),
+            limiter=limiter if limiter is not None else LogLimiter(clock),
+            handler_timeout=handler_timeout,
+            clock=clock,
+            log=self._log,
+            max_request=max_request,
+            request_timeout=request_timeout,
+            proxy=proxy,
+        )
+        self._init_connection()
+
+    def _init_connection(self) -> None:
+        self.exchange = HalfCloseRequest(self.settings.max_request)
+
+    @classmethod
+    def from_settings(cls, settings: StreamSettings) -> HalfCloseServerProtocol:
+        """One protocol for one connection: :meth:`_init_connection` inlined (a call per connection less)."""
+        proto = cls.__new__(cls)
+        proto.settings = settings  # type: ignore[assignment]
+        proto.exchange = HalfCloseRequest(settings.max_request)  # type: ignore[attr-defined]
+        return proto
+
+    # -- the settings, by their usual names -------------------------------------------
+
+    @property
+    def max_request(self) -> int:
+        """The largest request accepted, in bytes."""
+        return self.settings.max_request
+
+    @property
+    def request_timeout(self) -> float | None:
+        """Seconds from connecting until the client's half-close."""
+        return self.settings.request_timeout
+
+    @property
+    def clock(self) -> IReactorTime | None:
+        """The clock of the timeouts (``None``: the global reactor)."""
+        return self.settings.clock
 
     # -- IProtocol --------------------------------------------------------------------
 
+    def makeConnection(self, transport: ITransport) -> None:
+        """Connect, unless ``transport`` cannot deliver a half-close: then abort at once."""
+        if type(transport) in _HALF_CLOSEABLE and "__provides__" not in transport.__dict__:
+            why = None  # a TCP or UNIX server transport: the common case, decided without a call
+        else:
+            why = half_close_refusal(transport)
+        if why is None:  # Protocol.makeConnection, inlined
+            self.connected = 1
+            self.transport = transport
+            self.connectionMade()
+            return
+        self.transport = transport
+        self._refused = self._lost = True  # never tracked: connectionLost has nothing to do
+        self.exchange.reset(ResetReason.SHUTDOWN)
+        factory = self.settings.factory
+        warned: Any = factory if factory is not None else self
+        if not getattr(warned, "_warned_no_half_close", False):
+            warned._warned_no_half_close = True
+            self._log.error(
+                "{service} service cannot run on {transport}: {why}; every connection is aborted. "
+                "Listen on tcp:, tcp6: or unix: (behind a TLS-terminating proxy for encryption).",
+                service=self.kind, transport=type(transport).__name__, why=why,
+            )  # fmt: skip
+        self.settings.metrics.connections_refused += 1
+        _abort(transport)
+
     def connectionMade(self) -> None:
         self._track_open()
-        self.metrics.requests += 1  # one request per connection, whatever becomes of it
-        if self.request_timeout is not None:
-            self._time_out_in(self.request_timeout)
+        settings = self.settings
+        if settings.proxy is not None:  # the request, and its timeout, begin after the header
+            self._uncounted = True
+            self._proxy_begin(settings.proxy)
+            return
+        settings.metrics.requests += 1  # one request per connection, whatever becomes of it
+        if settings.request_timeout is not None:
+            self._time_out_in(settings.request_timeout)
+
+    def _proxy_done(self, header: ProxyHeader, proxy: IAddress | None) -> None:
+        """The PROXY header is parsed: the request (unless LOCAL) and its timeout begin."""
+        super()._proxy_done(header, proxy)
+        settings = self.settings
+        if header.command != "LOCAL":  # a LOCAL one is counted if it sends a request (_count)
+            self._count()
+        if settings.request_timeout is not None:
+            self._time_out_in(settings.request_timeout)
+
+    def _count(self) -> None:
+        """Count this connection's request (on a PROXY listener: not for the header alone)."""
+        self._uncounted = False
+        self.settings.metrics.requests += 1
 
     def dataReceived(self, data: bytes) -> None:
-        chunks = self._chunks
-        if chunks is None:
-            return
-        received = self._received = self._received + len(data)
-        self.metrics.bytes_in += len(data)
-        if received > self.max_request:
-            self._chunks = None
+        if self._proxy is not None:  # the PROXY_HEADER state: no byte reaches the request before it ends
+            rest = self._proxy_data(data)
+            if not rest:
+                return
+            data = rest
+        self.settings.metrics.bytes_in += len(data)
+        if not self.exchange.receive_data(data):
             self._note(
                 "request_too_large", LogLevel.warn,
                 "request from {peer} passed the {limit}-byte limit: connection reset", limit=self.max_request,
             )  # fmt: skip
-            self._reset(ErrorCode.TOO_LARGE)
-            return
-        chunks.append(data)
+            self._reset()
 
     def connectionLost(self, reason: Failure = _LOST) -> None:
-        if not self._ending:
-            self.metrics.abandoned += 1  # the client went away before its answer
-        self._lost = self._ending = True
-        self._chunks = None
+        if self._refused:
+            return
+        exchange = self.exchange
+        if exchange.state is not State.ANSWERED and exchange.reset(ResetReason.LOST) and not self._uncounted:
+            self.settings.metrics.abandoned += 1  # the client went away before its answer
+        self._lost = True
         self._track_close(reason)
         pending = self._pending
         if pending is not None:
@@ -146,36 +282,41 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         """The client half-closed: the request is complete; answer it, then close.
 
         Twisted stops reading but keeps the connection open: from here on every path
-        ends it (answer and FIN, or reset), or the socket would leak.
+        ends it (answer and FIN, or reset), or the socket would leak.  Inside a PROXY
+        header, the connection is reset.
         """
-        self._no_timeout()
-        chunks, self._chunks = self._chunks, None
-        if chunks is None or self._ending:  # refused already: the reset is under way
-            self._reset(None)
+        if self._uncounted:
+            if self._proxy is not None:
+                self._proxy_eof()
+                return
+            self._count()  # after a LOCAL header: a request all the same
+        if self._sweeping or self.timeOut is not None:
+            self._no_timeout()
+        state = self.exchange
+        if state.state is not State.RECEIVING:  # refused already: the reset is under way
+            self._abort()
             return
-        request = Request(None, None, b"".join(chunks), (), None, self.peer)
+        settings = self.settings
+        payload = state.eof_received()
+        request = Request(None, None, payload, (), None, self.peer)
         try:
-            result: Any = self.handler(request)
-            # bytes is the common case; anything else (a Deferred, a coroutine, a
-            # bytearray) goes through call_handler, which checks it and makes it an answer
-            answer = result if type(result) is bytes else call_handler(lambda _: result, request)
+            result: Any = settings.handler(request)
+            if type(result) is not bytes:  # a Deferred, a coroutine, a bytearray...
+                result = settings.answering.start(result, request, settings.pending, self._answered)
         except Exception:
             self._failed(Failure())
             return
-        if isinstance(answer, bytes):  # _answer(answer), inlined: the path of every request
-            self._ending = True
-            metrics = self.metrics
+        if type(result) is bytes:  # _answer(result), inlined: the path of every request
+            data = state.answer(result)
+            metrics = settings.metrics
             metrics.answers += 1
-            metrics.bytes_out += len(answer)
+            metrics.bytes_out += len(data)
             transport: Any = self.transport
-            transport.write(answer)
+            transport.write(data)
             transport.loseConnection()
-            return
-        self._pending = answer
-        self.metrics.in_flight += 1
-        if self.handler_timeout is not None:
-            limit_time(answer, self.handler_timeout, self._clock())
-        answer.addCallbacks(self._answered, self._failed)
+        elif not state.finished:  # COMPLETE: not fired already (_answered did its work then)
+            state.answering()
+            self._pending = result
 
     def writeConnectionLost(self) -> None:
         """Not used: the server never half-closes its own side."""
@@ -183,78 +324,78 @@ class HalfCloseServerProtocol(StreamServerProtocol):
     # -- timeouts and shutdown --------------------------------------------------------
 
     def timeoutConnection(self) -> None:
-        """The whole request has not arrived in time: reset the connection."""
-        self._chunks = None
-        self._note(
-            "request_timeout", LogLevel.info,
-            "no complete request from {peer} within {timeout:g} s: connection reset",
-            timeout=self.request_timeout,
-        )  # fmt: skip
-        self._reset(ErrorCode.TIMEOUT)
+        """The whole request (or PROXY header) has not arrived in time: reset the connection."""
+        proxy = self.settings.proxy
+        if self._proxy is not None and proxy is not None:
+            self._proxy_timed_out(proxy.timeout)
+            return
+        if self.exchange.reset(ResetReason.REQUEST_TIMEOUT):
+            self._note(
+                "request_timeout", LogLevel.info,
+                "no complete request from {peer} within {timeout:g} s: connection reset",
+                timeout=self.request_timeout,
+            )  # fmt: skip
+            self._reset()
 
     def drain(self) -> None:
         """Shut down gracefully: a connection that has sent nothing is reset at once.
 
         One whose request is arriving, or whose handler runs, goes on as usual (its
-        answer, then FIN) within the drain's deadline and the request timeout.
+        answer, then FIN) within the drain's deadline and the request timeout.  One
+        still inside its PROXY header is reset at once too.
         """
-        if self._received == 0 and self._chunks is not None and not self._ending:
-            self._chunks = None
-            self._reset(None)
-            self.metrics.abandoned += 1
+        if self._proxy is not None:
+            self._proxy_drop(None, "")
+            return
+        if self.exchange.idle and self.exchange.reset(ResetReason.SHUTDOWN):
+            if not self._uncounted:  # a LOCAL health check is no request abandoned
+                self.settings.metrics.abandoned += 1
+            self._reset()
 
     # -- internals --------------------------------------------------------------------
 
-    def _answered(self, answer: bytes) -> None:
+    def _answered(self, result: bytes | Failure) -> None:
+        """The asynchronous handler fired (``Answering.start`` took it out of the pending work)."""
         self._pending = None
-        self.metrics.in_flight -= 1
-        if not self._lost:
-            self._answer(answer)
+        if isinstance(result, Failure):
+            self._failed(result)
+        elif not self.exchange.finished:  # ANSWERING, or COMPLETE if it fired at once
+            self._answer(result)
 
     def _answer(self, answer: bytes) -> None:
         """Write the answer, then close cleanly (FIN once it is flushed)."""
-        assert self.transport is not None
-        self._ending = True
-        metrics = self.metrics
+        data = self.exchange.answer(answer)
+        metrics = self.settings.metrics
         metrics.answers += 1
-        metrics.bytes_out += len(answer)
-        self.transport.write(answer)
-        self.transport.loseConnection()
+        metrics.bytes_out += len(data)
+        transport: Any = self.transport
+        transport.write(data)
+        transport.loseConnection()
 
     def _failed(self, failure: Failure) -> None:
         """The handler failed or overran: log it and reset (never an empty answer)."""
-        if self._pending is not None:
-            self._pending = None
-            self.metrics.in_flight -= 1
         if self._lost and failure.check(CancelledError):
-            return None  # cancelled by connectionLost: nobody to tell
-        if failure.check(HandlerTimeout):
-            self._note(
-                "handler_timeout", LogLevel.warn, "request from {peer}: {message}: connection reset",
-                message=failure.getErrorMessage(),
-            )  # fmt: skip
-            self._reset(ErrorCode.TIMEOUT)
-            return None
-        self.limiter.failure(
-            self._log, "handler_failed", "handler {handler!r} failed for {peer}: connection reset", failure,
-            handler=self.handler, peer=self.peer, service=self.kind,
-        )  # fmt: skip
-        self._reset(ErrorCode.HANDLER_FAILED)
-        return None
-
-    def _reset(self, code: ErrorCode | None) -> None:
-        """Abort the connection: the client sees a reset, not an end of file.
-
-        :param code: the error the reset stands for, counted; ``None``: counted already.
-        """
-        if code is not None and not self._ending:
-            self.metrics.errors[code] += 1
-        self._ending = True
-        self._no_timeout()
-        if self._lost:
+            return  # cancelled by connectionLost: nobody to tell
+        if self.exchange.finished:
             return
-        transport: Any = self.transport  # a TCP or UNIX transport: it can abort
-        transport.abortConnection()
+        code, _ = self.settings.answering.failed(failure, self.peer, ": connection reset")
+        reason = ResetReason.HANDLER_TIMEOUT if code is ErrorCode.TIMEOUT else ResetReason.HANDLER_FAILED
+        self.exchange.reset(reason)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Abort the connection for the request's reset reason: the client sees a reset, not an EOF."""
+        code = _CODES.get(self.exchange.reason)  # type: ignore[arg-type]
+        if code is not None:
+            if self._uncounted:  # after a LOCAL header: a request that failed
+                self._count()
+            self.settings.metrics.errors[code] += 1
+        self._abort()
+
+    def _abort(self) -> None:
+        self._no_timeout()
+        if not self._lost:
+            self.transport.abortConnection()  # type: ignore[union-attr]  # TCP or UNIX: it can
 
 
 class HalfCloseServerFactory(StreamServerFactory):
@@ -267,18 +408,29 @@ class HalfCloseServerFactory(StreamServerFactory):
     :param max_connections: connections served at once; a new connection over it is
         reset at once.  ``None``: no limit.
     :param handler_timeout: seconds an asynchronous handler has to answer (reset after
-        that); ``None``: no limit.
+        that): 30 by default, as ``twistd sockproto-halfclose``; ``None``: no limit (a
+        handler that never answers then holds its connection forever).
     :param clock: the reactor used for timeouts (the global reactor by default).
     :param log_connections: log each connection's opening and closing (``debug``
         events, rate-limited); ``None``: if the factory is ``noisy``.  See
         :attr:`~sockproto.serving.stream.StreamServerFactory.log_connections`.
+    :param proxy: every connection must start with a PROXY header (v1 or v2) from a
+        peer of ``proxy.networks``; ``None`` (the default): none is expected.  For some
+        listeners only, listen there through a :class:`~sockproto.serving.proxy.ProxyEndpoint`.
 
+    :ivar settings: the :class:`~sockproto.halfclose.settings.HalfCloseSettings` its
+        protocols share; each setting is also an attribute of the factory.
     :ivar connections: the protocols whose connection is open.
     :ivar metrics: the service's :class:`~sockproto.serving.metrics.ServiceMetrics`.
     """
 
     protocol = HalfCloseServerProtocol
     kind = "halfclose"
+    settings: HalfCloseSettings
+
+    max_request: Setting[int] = Setting()
+    request_timeout: Setting[float | None] = Setting()
+    proxy: Setting[ProxySettings | None] = Setting()
 
     def __init__(
         self,
@@ -287,31 +439,19 @@ class HalfCloseServerFactory(StreamServerFactory):
         max_request: int = DEFAULT_MAX_REQUEST,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         max_connections: int | None = None,
-        handler_timeout: float | None = None,
+        handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
         clock: IReactorTime | None = None,
         log_connections: bool | None = None,
+        proxy: ProxySettings | None = None,
     ) -> None:
-        if max_request < 0:
-            raise ValueError(f"max_request must be >= 0, not {max_request}")
-        for name, value in (("request_timeout", request_timeout), ("handler_timeout", handler_timeout)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive or None, not {value}")
-        super().__init__(max_connections=max_connections, clock=clock, log_connections=log_connections)
-        self.handler = handler
-        self.max_request = max_request
-        self.request_timeout = request_timeout
-        self.handler_timeout = handler_timeout
-
-    def build(self, addr: IAddress | None) -> HalfCloseServerProtocol:
-        """Return the protocol serving one admitted connection."""
-        return HalfCloseServerProtocol(
-            self.handler,
-            max_request=self.max_request,
-            request_timeout=self.request_timeout,
-            handler_timeout=self.handler_timeout,
-            clock=self._clock_given,
-            metrics=self.metrics,
-            limiter=self.limiter,
+        super().__init__(max_connections=max_connections, clock=clock)
+        self.settings = HalfCloseSettings(
+            **self.stream_settings(clock, log_connections),
+            handler=handler,
+            handler_timeout=handler_timeout,
+            max_request=max_request,
+            request_timeout=request_timeout,
+            proxy=proxy,
         )
 
     def refusal(self, addr: IAddress | None) -> Protocol:

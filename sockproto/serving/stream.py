@@ -19,7 +19,8 @@ waiting a second later: a short connection costs no timer at all.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, cast
+from dataclasses import replace
+from typing import Any, ClassVar, TypeVar, cast
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
@@ -30,76 +31,86 @@ from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from ..handlers import Handler
 from ..request import normalize_peer
 from .connections import ConnectionTracker
 from .logs import LogLimiter
 from .metrics import ServiceMetrics
+from .proxy import ProxyHeader, ProxyHeaderState
+from .settings import Setting, StreamSettings
 from .timers import TimeoutSweep, TimerQueue
+from .tls import tls_refusal
 
 __all__ = ["StreamServerFactory", "StreamServerProtocol"]
 
 _LOST = Failure(ConnectionDone())
 
+P = TypeVar("P", bound="StreamServerProtocol")
 
-class StreamServerProtocol(TimeoutMixin, Protocol):
-    """Base of the stream server protocols: connection tracking, logs, timeouts, abort.
 
+class StreamServerProtocol(TimeoutMixin, Protocol, ProxyHeaderState):
+    """Base of the stream server protocols: connection tracking, logs, timeouts, abort,
+    and the PROXY_HEADER state a connection on a ``proxy:`` listener starts in
+    (:class:`~sockproto.serving.proxy.ProxyHeaderState`).
+
+    Everything a connection shares with the others of its service is in
+    :attr:`settings`, one frozen object held by reference; the instance holds only the
+    connection's own state.
+
+    :ivar settings: the service's :class:`~sockproto.serving.settings.StreamSettings`
+        (a service's subclass of it).
     :ivar peer: the client's address: the one Twisted gave the factory's
         ``buildProtocol``, or else the transport's ``getPeer()`` once connected.
-    :ivar metrics: the service's :class:`~sockproto.serving.metrics.ServiceMetrics` (the
-        protocol's own when it was built without a factory).
-    :ivar clock: schedules the timeouts of a protocol built without a factory (the
-        global reactor by default); a factory's protocols use its
-        :attr:`~StreamServerFactory.timers`.
-    :ivar log_connections: whether the connection's opening and closing are logged
-        (debug events ``connection_open`` and ``connection_close``); the factory's
-        :attr:`~StreamServerFactory.log_connections`.
     """
 
     _log: ClassVar[Logger]
     kind: ClassVar[str] = "stream"
-    log_connections: bool = True
+    settings: StreamSettings
     peer: IAddress | None = None
-    _tracker: ConnectionTracker[Any] | None = None
-    _timers: TimerQueue | None = None
-    _sweep: TimeoutSweep | None = None
     _sweeping = False  # the sweep holds a deadline for this connection (_time_out_in)
 
-    def __init__(
-        self,
-        *,
-        clock: IReactorTime | None = None,
-        metrics: ServiceMetrics | None = None,
-        limiter: LogLimiter | None = None,
-    ) -> None:
-        self.clock = clock
-        self.metrics = metrics if metrics is not None else ServiceMetrics(self.kind)
-        self.limiter = limiter if limiter is not None else LogLimiter(clock)
-
     @classmethod
-    def configured(cls, settings: dict[str, Any]) -> type[StreamServerProtocol]:
-        """Return a subclass holding ``settings`` as class attributes.
-
-        A factory's connections share their settings (handler, limits, metrics, the
-        factory itself): held once by the class rather than by every instance, they
-        cost an idle connection nothing (with 10,000 idle frame connections, about 190
-        bytes a connection less).  Its instances are made by :meth:`for_connection`.
-        """
-        # staticmethod: read from an instance, each value comes back as it is (a handler
-        # function must not become a bound method)
-        shared = {name: staticmethod(value) for name, value in settings.items()}
-        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, **shared}
-        return type(cls.__name__, (cls,), namespace)
-
-    @classmethod
-    def for_connection(cls) -> StreamServerProtocol:
-        """One protocol of a :meth:`configured` class: its state, no settings of its own."""
+    def from_settings(cls: type[P], settings: StreamSettings) -> P:
+        """One protocol serving a connection with ``settings`` (a factory's, or its own)."""
         proto = cls.__new__(cls)
+        proto.settings = settings
         proto._init_connection()
         return proto
 
     def _init_connection(self) -> None:
         """Set the state of one connection; subclasses with state of their own override it."""
+
+    # -- the settings, by their usual names -------------------------------------------
+
+    @property
+    def factory(self) -> Any:
+        """The factory that built this protocol (``None`` without one)."""
+        return self.settings.factory
+
+    @property
+    def metrics(self) -> ServiceMetrics:
+        """The service's counters."""
+        return self.settings.metrics
+
+    @property
+    def limiter(self) -> LogLimiter:
+        """The service's log rate limiter."""
+        return self.settings.limiter
+
+    @property
+    def handler(self) -> Handler:
+        """The service's handler."""
+        return self.settings.handler
+
+    @property
+    def handler_timeout(self) -> float | None:
+        """Seconds an asynchronous handler has to answer."""
+        return self.settings.handler_timeout
+
+    @property
+    def log_connections(self) -> bool:
+        """Whether the connection's opening and closing are logged (``debug`` events)."""
+        return self.settings.log_connections
 
     # -- to call from connectionMade and connectionLost -------------------------------
 
@@ -108,24 +119,41 @@ class StreamServerProtocol(TimeoutMixin, Protocol):
         if self.peer is None:
             assert self.transport is not None
             self.peer = normalize_peer(self.transport.getPeer())
-        tracker = self._tracker
+        settings = self.settings
+        tracker = settings.tracker
         if tracker is not None:
             tracker.opened(self)
-        if self.log_connections and self.limiter.admit("connection_open"):
-            self.limiter.log(
+        if settings.log_connections and getattr(settings, "proxy", None) is None:  # else at the header
+            self._log_open()
+
+    def _log_open(self, **fields: Any) -> None:
+        """Log the connection's opening (rate-limited), with its peer."""
+        limiter = self.settings.limiter
+        if limiter.admit("connection_open"):
+            limiter.log(
                 self._log, "connection_open", LogLevel.debug, "connection from {peer}",
-                peer=self.peer, service=self.kind,
+                peer=self.peer, service=self.kind, **fields,
             )  # fmt: skip
+
+    def _proxy_done(self, header: ProxyHeader, proxy: IAddress | None) -> None:
+        """The PROXY header is parsed: log the opening now, with the client it names."""
+        if self.settings.log_connections:
+            self._log_open(proxy=proxy)
 
     def _track_close(self, reason: Failure) -> None:
         """The connection is lost: stop the timer, forget it, log it."""
         if self._sweeping or self.timeOut is not None:
             self._no_timeout()
-        tracker = self._tracker
+        settings = self.settings
+        tracker = settings.tracker
         if tracker is not None:
             tracker.closed(self)
-        if self.log_connections and self.limiter.admit("connection_close"):
-            self.limiter.log(
+        if reason.type is not ConnectionDone:  # a failed TLS handshake (mtls:) says why
+            refused = tls_refusal(self.transport, reason)
+            if refused is not None:
+                self._note("tls_refused", LogLevel.warn, "TLS with {peer} failed: {why}", why=refused)
+        if settings.log_connections and settings.limiter.admit("connection_close"):
+            settings.limiter.log(
                 self._log, "connection_close", LogLevel.debug, "connection from {peer} closed: {reason}",
                 peer=self.peer, service=self.kind, reason=reason.getErrorMessage(),
             )  # fmt: skip
@@ -138,7 +166,7 @@ class StreamServerProtocol(TimeoutMixin, Protocol):
         factory's :class:`~sockproto.serving.timers.TimeoutSweep`, with the time left, only if
         the connection still waits at its next sweep: a short connection costs no timer.
         """
-        sweep = self._sweep
+        sweep = self.settings.sweep
         if sweep is None:
             self.setTimeout(period)  # type: ignore[no-untyped-call]
         else:
@@ -149,14 +177,15 @@ class StreamServerProtocol(TimeoutMixin, Protocol):
         """Cancel the timeout, whether set or waiting for the sweep to be set."""
         if self._sweeping:
             self._sweeping = False
-            self._sweep.discard(self)  # type: ignore[union-attr]
+            self.settings.sweep.discard(self)  # type: ignore[union-attr]
         if self.timeOut is not None:
             self.setTimeout(None)  # type: ignore[no-untyped-call]
 
     def _note(self, category: str, level: LogLevel, fmt: str, **fields: Any) -> None:
         """Log an event about this connection, within the service's log rate."""
-        if self.limiter.admit(category):
-            self.limiter.log(self._log, category, level, fmt, peer=self.peer, service=self.kind, **fields)
+        limiter = self.settings.limiter
+        if limiter.admit(category):
+            limiter.log(self._log, category, level, fmt, peer=self.peer, service=self.kind, **fields)
 
     # -- shutdown ---------------------------------------------------------------------
 
@@ -174,26 +203,27 @@ class StreamServerProtocol(TimeoutMixin, Protocol):
         :class:`~twisted.protocols.policies.TimeoutMixin` calls this; the timer it
         returns is an :class:`~twisted.internet.interfaces.IDelayedCall`, exact to the
         clock's time like a ``DelayedCall``.  A protocol built without a factory uses
-        :attr:`clock` directly.
+        the settings' clock directly.
         """
-        timers = self._timers
+        timers = self.settings.timers
         if timers is not None:
             return timers.call_later(period, func)
         return self._clock().callLater(period, func)
 
     def _clock(self) -> IReactorTime:
-        clock = self.clock
+        clock = self.settings.clock
         if clock is None:
             from twisted.internet import reactor
 
-            clock = self.clock = cast(IReactorTime, reactor)
+            clock = cast(IReactorTime, reactor)
         return clock
 
 
 class StreamServerFactory(Factory):
     """Base of the stream server factories: admission, counters, graceful stop.
 
-    Subclasses implement :meth:`build` (the serving protocol) and :meth:`refusal`.
+    Subclasses set :attr:`settings` (their service's frozen settings, made with
+    :meth:`stream_settings`) and :attr:`protocol`, and implement :meth:`refusal`.
 
     :param max_connections: connections served at once; ``None`` for no limit.
     :param clock: schedules timeouts (the global reactor by default).
@@ -201,6 +231,7 @@ class StreamServerFactory(Factory):
         the factory is :attr:`~twisted.internet.protocol.Factory.noisy`.  See
         :attr:`log_connections`.
 
+    :ivar settings: what every protocol built from now on shares (one frozen object).
     :ivar metrics: the service's :class:`~sockproto.serving.metrics.ServiceMetrics`.
     :ivar limiter: the service's :class:`~sockproto.serving.logs.LogLimiter`.
     :ivar tracker: the service's :class:`~sockproto.serving.connections.ConnectionTracker`.
@@ -220,22 +251,62 @@ class StreamServerFactory(Factory):
 
     kind: ClassVar[str] = "stream"
     replies_through_port: ClassVar[bool] = False
+    protocol: type[StreamServerProtocol]  # type: ignore[assignment]
+    settings: StreamSettings
     _log = Logger()
 
-    def __init__(
-        self,
-        *,
-        max_connections: int | None = None,
-        clock: IReactorTime | None = None,
-        log_connections: bool | None = None,
-    ) -> None:
+    handler: Setting[Handler] = Setting()
+    handler_timeout: Setting[float | None] = Setting()
+    _noisy = True
+    _log_connections: bool | None = None
+
+    def __init__(self, *, max_connections: int | None = None, clock: IReactorTime | None = None) -> None:
         self.metrics = ServiceMetrics(self.kind)
         self.limiter = LogLimiter(clock)
         self.timers = TimerQueue(clock)
         self.sweep = TimeoutSweep(self.timers)
         self.tracker: ConnectionTracker[Any] = ConnectionTracker(self.metrics, max_connections)
-        self.clock = clock
-        self.log_connections = log_connections
+
+    def stream_settings(self, clock: IReactorTime | None, log_connections: bool | None) -> dict[str, Any]:
+        """The settings every stream service's protocols share, as keyword arguments."""
+        self._log_connections = log_connections
+        return {
+            "metrics": self.metrics,
+            "limiter": self.limiter,
+            "clock": clock,
+            "log": self.protocol._log,
+            "factory": self,
+            "tracker": self.tracker,
+            "timers": self.timers,
+            "sweep": self.sweep,
+            "log_connections": self._logs_connections(),
+        }
+
+    @property
+    def log_connections(self) -> bool | None:
+        """Whether protocols log their connection's opening and closing; ``None``: if :attr:`noisy`."""
+        return self._log_connections
+
+    @log_connections.setter
+    def log_connections(self, wanted: bool | None) -> None:
+        self._log_connections = wanted
+        self.settings = replace(self.settings, log_connections=self._logs_connections())
+
+    @property
+    def noisy(self) -> bool:
+        """Twisted's ``noisy``: also whether connections are logged, unless :attr:`log_connections` says."""
+        return self._noisy
+
+    @noisy.setter
+    def noisy(self, value: bool) -> None:
+        self._noisy = value
+        if hasattr(self, "settings"):
+            self.settings = replace(self.settings, log_connections=self._logs_connections())
+
+    def _logs_connections(self) -> bool:
+        """What the protocols check: decided here, so that a connection checks a plain flag."""
+        wanted = self._log_connections
+        return bool(self._noisy) if wanted is None else wanted
 
     @property
     def clock(self) -> IReactorTime | None:
@@ -244,11 +315,11 @@ class StreamServerFactory(Factory):
         Set it before the first connection: the :attr:`timers` and the :attr:`limiter`
         follow it.
         """
-        return self._clock_given
+        return self.settings.clock
 
     @clock.setter
     def clock(self, clock: IReactorTime | None) -> None:
-        self._clock_given = clock
+        self.settings = replace(self.settings, clock=clock)
         self.timers.clock = clock
         self.limiter.clock = clock
 
@@ -281,39 +352,10 @@ class StreamServerFactory(Factory):
             refused = self.refusal(addr)
             refused.factory = self
             return refused
-        proto = self.build(addr)
-        if proto.factory is not self:  # else set once, by the class (shared_settings)
-            for name, value in self._given_to_protocols().items():
-                setattr(proto, name, value)
+        proto = self.protocol.from_settings(self.settings)
         if addr is not None:  # what the transport's getPeer() would build again
             proto.peer = normalize_peer(addr) if isinstance(addr, IPv6Address) else addr
         return proto
-
-    def build(self, addr: IAddress | None) -> StreamServerProtocol:
-        """Return the protocol serving one admitted connection."""
-        raise NotImplementedError
-
-    def _given_to_protocols(self) -> dict[str, Any]:
-        """What the factory gives each protocol it builds, by attribute name."""
-        wanted = self.log_connections  # decided once: the protocol checks a plain attribute
-        return {
-            "factory": self,
-            "_tracker": self.tracker,
-            "_timers": self.timers,
-            "_sweep": self.sweep,
-            "log_connections": bool(self.noisy) if wanted is None else wanted,
-        }
-
-    def shared_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """``settings``, the protocols' constructor arguments the factory passes, and
-        what it gives each protocol: the class attributes of a configured class."""
-        return {
-            **settings,
-            "clock": self._clock_given,
-            "metrics": self.metrics,
-            "limiter": self.limiter,
-            **self._given_to_protocols(),
-        }
 
     def startFactory(self) -> None:
         """The first port listens: keep the timers' reactor call between connections."""
@@ -329,7 +371,7 @@ class StreamServerFactory(Factory):
         raise NotImplementedError
 
     def _clock(self) -> IReactorTime:
-        clock = self._clock_given
+        clock = self.settings.clock
         if clock is None:
             from twisted.internet import reactor
 

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
-from twisted.internet import reactor
 from twisted.python import usage
 
-from ..core.datagram import MAX_UDP_PAYLOAD, MIN_DATAGRAM
+from ..core.datagram import MAX_UDP_PAYLOAD, MIN_DATAGRAM, MODES, Mode
+from ..core.datagram_guard import DEFAULT_AMPLIFICATION, DEFAULT_TRUSTED, SourceVerifier, parse_network
 from ..datagram.endpoints import UDPServerEndpoint, udp_server_from_string
-from ..datagram.guard import DEFAULT_AMPLIFICATION, DEFAULT_TRUSTED, parse_network
-from ..datagram.server import MODES, DatagramServerFactory, Mode
-from .options import ServiceOptions, optional, parse_count, parse_rate, parse_size, server_service
+from ..datagram.server import DatagramServerFactory
+from .options import (
+    ServiceOptions,
+    optional,
+    parse_count,
+    parse_rate,
+    parse_size,
+    plugin_service,
+    server_service,
+)
 
-__all__ = ["DEFAULT_LISTEN", "DEFAULT_RATE_LIMIT", "Options", "makeService"]
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_RATE_LIMIT", "Options", "build", "makeService"]
 
 DEFAULT_LISTEN = "udp:8751:interface=127.0.0.1"
 
@@ -58,6 +66,9 @@ class Options(ServiceOptions):
         f"Listens on {DEFAULT_LISTEN} unless --listen is given."
     )
     default_listen = DEFAULT_LISTEN
+    kind = "datagram"
+    plugin = "sockproto-datagram"
+    datagram = True
     optParameters: ClassVar[list[list[Any]]] = [
         ["header", None, "spf1", f"the datagram format: {' or '.join(MODES)}"],
         [
@@ -70,7 +81,8 @@ class Options(ServiceOptions):
             "rate-limit",
             None,
             f"{DEFAULT_RATE_LIMIT:g}",
-            "requests per second per source host (bursts of as many); more are dropped; or none",
+            "requests per second per source host (bursts of as many); more are dropped; or none. "
+            "Sources in --trusted networks (loopback by default) are exempt",
         ],
         [
             "amplification",
@@ -89,8 +101,8 @@ class Options(ServiceOptions):
         super().opt_listen(endpoint)
 
     def opt_trusted(self, network: str) -> None:
-        """Sources in NETWORK (10.0.0.0/8, fd00::/8...) are verified: no amplification limit
-        (repeatable; loopback unless given)."""
+        """Sources in NETWORK (10.0.0.0/8, fd00::/8...) are trusted: no amplification limit and
+        no rate limit (repeatable; loopback unless given)."""
         try:
             self["trusted"].append(str(parse_network(network)))
         except ValueError as e:
@@ -108,13 +120,18 @@ class Options(ServiceOptions):
     def server_endpoint(self, text: str) -> UDPServerEndpoint:
         """Parse one ``--listen`` value as a UDP endpoint string."""
         try:
-            return udp_server_from_string(reactor, text)
+            return udp_server_from_string(self.listen_reactor, text)
         except ValueError as e:
             raise usage.UsageError(f"--listen {e}") from e
 
 
 def makeService(options: Options) -> IService:
-    """Build the service ``twistd sockproto-datagram`` runs."""
+    """Build the service ``twistd sockproto-datagram`` runs (or the parent of its ``--workers``)."""
+    return plugin_service(options, lambda: build(options))
+
+
+def build(options: Options) -> IService:
+    """Build the datagram service serving in this process."""
     handler, threads = options.handler()
     factory = DatagramServerFactory(
         handler,
@@ -125,4 +142,11 @@ def makeService(options: Options) -> IService:
         amplification=options["amplification"],
         trusted=options["trusted"],
     )
+    worker = options["worker"]
+    settings = factory.settings
+    if worker is not None and worker.secret is not None and settings.verifier is not None:
+        # --workers: every worker keys its cookies with the parent's secret, so a cookie one
+        # worker gave is accepted by the others.
+        verifier = SourceVerifier(settings.trusted, clock=settings.clock, secret=worker.secret)
+        factory.settings = replace(settings, verifier=verifier)
     return server_service("datagram", factory, options, threads)

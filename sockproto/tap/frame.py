@@ -8,9 +8,17 @@ from twisted.application.service import IService
 
 from ..core.header import PRESETS
 from ..frame.server import DEFAULT_MAX_IN_FLIGHT, FrameServerFactory
-from .options import StreamServiceOptions, optional, parse_count, parse_duration, parse_size, server_service
+from .options import (
+    StreamServiceOptions,
+    optional,
+    parse_count,
+    parse_duration,
+    parse_size,
+    plugin_service,
+    server_service,
+)
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_LISTEN", "Options", "makeService"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_LISTEN", "Options", "build", "makeService"]
 
 DEFAULT_LISTEN = "tcp:8750:interface=127.0.0.1"
 
@@ -35,6 +43,8 @@ class Options(StreamServiceOptions):
         f"Listens on {DEFAULT_LISTEN} unless --listen is given."
     )
     default_listen = DEFAULT_LISTEN
+    kind = "frame"
+    plugin = "sockproto-frame"
     optParameters: ClassVar[list[list[Any]]] = [
         ["header", None, "spf1", f"the wire header: {', '.join(PRESETS)}"],
         ["max-payload", None, "16MiB", "the largest request accepted (65536, 64KiB, 16MiB...)"],
@@ -56,7 +66,12 @@ class Options(StreamServiceOptions):
 
 
 def makeService(options: Options) -> IService:
-    """Build the service ``twistd sockproto-frame`` runs."""
+    """Build the service ``twistd sockproto-frame`` runs (or the parent of its ``--workers``)."""
+    return plugin_service(options, lambda: build(options))
+
+
+def build(options: Options) -> IService:
+    """Build the frame service serving in this process."""
     handler, threads = options.handler()
     factory = FrameServerFactory(
         handler,

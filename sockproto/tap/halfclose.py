@@ -9,14 +9,17 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.python import usage
 
 from ..halfclose.server import DEFAULT_MAX_REQUEST, DEFAULT_REQUEST_TIMEOUT, HalfCloseServerFactory
-from .options import StreamServiceOptions, parse_duration, parse_size, server_service
+from .options import StreamServiceOptions, parse_duration, parse_size, plugin_service, server_service
 
-__all__ = ["DEFAULT_LISTEN", "TLS_TYPES", "Options", "makeService"]
+__all__ = ["DEFAULT_LISTEN", "PROXY_TYPES", "TLS_TYPES", "Options", "build", "makeService"]
 
 DEFAULT_LISTEN = "tcp:8752:interface=127.0.0.1"
 
-TLS_TYPES = frozenset({"ssl", "tls"})
+TLS_TYPES = frozenset({"ssl", "tls", "mtls"})
 """Endpoint types refused: Twisted's TLS layer has no half-close (twisted#5341)."""
+
+PROXY_TYPES = frozenset({"haproxy"})
+"""Endpoint types refused: Twisted's HAProxy wrapper hides the half-close."""
 
 
 class Options(StreamServiceOptions):
@@ -27,10 +30,14 @@ class Options(StreamServiceOptions):
         "Serve one request per connection: the client sends its request and shuts down its "
         "write side (half-close); the answer is written and the connection closed. A request "
         "too large, too slow, or whose handler fails is answered with a connection reset. "
-        "Endpoints: tcp:, tcp6:, unix: (ssl:/tls: are refused: Twisted's TLS has no "
-        f"half-close). Listens on {DEFAULT_LISTEN} unless --listen is given."
+        "Endpoints: tcp:, tcp6:, unix: (ssl:/tls:/mtls: are refused: Twisted's TLS has no "
+        "half-close; haproxy: too: its wrapper ends the connection on the half-close: use "
+        "proxy:tcp:PORT, sockproto's own PROXY protocol listener, behind HAProxy). "
+        f"Listens on {DEFAULT_LISTEN} unless --listen is given."
     )
     default_listen = DEFAULT_LISTEN
+    kind = "halfclose"
+    plugin = "sockproto-halfclose"
     optParameters: ClassVar[list[list[Any]]] = [
         [
             "max-request",
@@ -52,8 +59,18 @@ class Options(StreamServiceOptions):
         self.convert("request-timeout", parse_duration)
 
     def server_endpoint(self, text: str) -> Any:
-        """Parse one ``--listen`` value, refusing TLS endpoints, which cannot half-close."""
+        """Parse one ``--listen`` value, refusing TLS and HAProxy endpoints, which cannot half-close."""
         kind = text.partition(":")[0].strip().lower()
+        if kind in PROXY_TYPES:
+            raise usage.UsageError(
+                f"--listen {text!r}: haproxy: endpoints cannot serve half-close requests: Twisted's "
+                "HAProxyProtocolWrapper is a ProtocolWrapper, which does not pass the client's "
+                "half-close on (it is no IHalfCloseableProtocol), so the half-close ends the whole "
+                "connection and no request could ever be answered. Use tcp:, tcp6: or unix:, and "
+                "behind HAProxy (send-proxy or send-proxy-v2) sockproto's own PROXY prefix, which "
+                f"keeps the half-close: --listen proxy:{text.partition(':')[2]} (with --proxy-from "
+                "the balancer's address)."
+            )
         endpoint = None if kind in TLS_TYPES else super().server_endpoint(text)
         if endpoint is None or isinstance(endpoint, SSL4ServerEndpoint):
             raise usage.UsageError(
@@ -66,7 +83,12 @@ class Options(StreamServiceOptions):
 
 
 def makeService(options: Options) -> IService:
-    """Build the service ``twistd sockproto-halfclose`` runs."""
+    """Build the service ``twistd sockproto-halfclose`` runs (or the parent of its ``--workers``)."""
+    return plugin_service(options, lambda: build(options))
+
+
+def build(options: Options) -> IService:
+    """Build the half-close service serving in this process."""
     handler, threads = options.handler()
     factory = HalfCloseServerFactory(
         handler,

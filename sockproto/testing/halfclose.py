@@ -12,6 +12,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
+    IHalfCloseableDescriptor,
     IHalfCloseableProtocol,
     IProtocol,
     IReactorTime,
@@ -30,7 +31,7 @@ from .memory import CLIENT_ADDRESS, SERVER_ADDRESS, MemoryConnection, connect_pr
 __all__ = ["HalfClosePair", "HalfCloseTransport", "halfclose_pair"]
 
 
-@implementer(ITCPTransport)
+@implementer(ITCPTransport, IHalfCloseableDescriptor)
 class HalfCloseTransport(StringTransport):
     """A ``StringTransport`` that half-closes and aborts like a TCP transport.
 
@@ -106,6 +107,15 @@ class HalfCloseTransport(StringTransport):
 
     def setTcpKeepAlive(self, enabled: bool) -> None:
         pass
+
+    # -- IHalfCloseableDescriptor: what the reactor calls ------------------------------
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        """The reactor read an end of file: as :meth:`peer_half_close`."""
+        self.peer_half_close()
+
+    def writeConnectionLost(self, reason: Failure) -> None:
+        """The reactor shut the write side down (already done by :meth:`loseWriteConnection`)."""
 
     # -- the peer and the reactor, played by the test ---------------------------------
 

@@ -29,6 +29,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
+    IHalfCloseableDescriptor,
     IHalfCloseableProtocol,
     IProtocol,
     IPushProducer,
@@ -53,7 +54,7 @@ CLIENT_ADDRESS: Final[IPv4Address | IPv6Address] = IPv4Address("TCP", "127.0.0.1
 SERVER_ADDRESS: Final[IPv4Address | IPv6Address] = IPv4Address("TCP", "127.0.0.1", 8750)
 
 
-@implementer(ITCPTransport, IConsumer, IPushProducer)
+@implementer(ITCPTransport, IHalfCloseableDescriptor, IConsumer, IPushProducer)
 class MemoryTransport:
     """One end of a :class:`MemoryConnection`: what a protocol sees as its transport.
 
@@ -137,6 +138,14 @@ class MemoryTransport:
     def loseWriteConnection(self) -> None:
         """Half-close: the peer reads an end of file once the buffered bytes are delivered."""
         self.write_closed = True
+
+    # -- IHalfCloseableDescriptor: the connection delivers half-closes, not the reactor --
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        """Not called: :class:`MemoryConnection` delivers the peer's end of file itself."""
+
+    def writeConnectionLost(self, reason: Failure) -> None:
+        """Not called: :meth:`loseWriteConnection` shuts the write side at once."""
 
     def getPeer(self) -> IPv4Address | IPv6Address:
         return self.peer

@@ -182,3 +182,27 @@ def test_installed_console_script(tmp_path: Path) -> None:
         [str(script), "frame"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
     )
     assert done.returncode == 2 and "required: ENDPOINT" in done.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_bench_default_datagram_service_sees_no_drops() -> None:
+    """Issue 12 item 1: the plugin's defaults (1000/s per source) do not throttle a loopback client."""
+    from twisted.application.service import IServiceCollection
+
+    from sockproto.tap.datagram import DEFAULT_RATE_LIMIT, Options, makeService
+
+    options = Options()
+    options.parseOptions(["--handler", "echo"])
+    assert options["rate-limit"] == DEFAULT_RATE_LIMIT
+    factory = next(iter(IServiceCollection(makeService(options)))).factory  # type: ignore[attr-defined]
+    port = await udp_server_from_string(reactor, "udp:0:interface=127.0.0.1").listen(factory)
+    try:
+        r = await sockproto(
+            "bench", f"127.0.0.1:{port.getHost().port}", "--service", "datagram",
+            "--requests", "3000", "--concurrency", "32", "--json",
+        )  # fmt: skip
+        assert r.code == 0, r.err
+        check_summary(json.loads(r.out), "datagram", 3000)
+        assert factory.stats.dropped == 0, factory.stats
+    finally:
+        await port.stopListening()

@@ -17,8 +17,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.protocols.policies import WrappingFactory
 
 from sockproto import INT32, FrameServerFactory
 from sockproto.datagram.endpoints import udp_server_from_string
@@ -309,6 +310,41 @@ async def test_halfclose_timeout_and_refused_exit_3(halfclose_port: int) -> None
     assert r.code == 3 and "timed out" in one_line(r.err)
     r = await sockproto("halfclose", f"127.0.0.1:{free_port()}", "--data", "x")
     assert r.code == 3 and "could not connect" in one_line(r.err)
+
+
+@pytest_twisted.ensureDeferred
+async def test_halfclose_behind_a_protocol_wrapper_exits_3() -> None:
+    """A half-close hidden by a ``ProtocolWrapper`` (as Twisted's ``haproxy:`` does) is no answer.
+
+    The wrapper does not provide ``IHalfCloseableProtocol``, so the client's half-close
+    would end the whole connection: the server would close without answering, a FIN the
+    client could not tell from an empty answer.  The server refuses such a transport
+    with a reset, so the command exits 3, not 0 with nothing on standard output.
+    """
+    port = await listen(WrappingFactory(HalfCloseServerFactory(handler)))
+    try:
+        r = await sockproto("halfclose", f"127.0.0.1:{port.getHost().port}", "--data", "hello")
+        assert (r.code, r.out) == (3, b"")
+        assert "reset" in one_line(r.err)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_halfclose_server_closing_before_the_request_is_read_exits_3() -> None:
+    """A server that closes at once (FIN before the client's own half-close) gave no answer."""
+    port = await listen(Factory.forProtocol(_ClosesAtOnce))
+    try:
+        r = await sockproto("halfclose", f"127.0.0.1:{port.getHost().port}", stdin=b"x" * 4 * 1024 * 1024)
+        assert (r.code, r.out) == (3, b"")
+    finally:
+        await port.stopListening()
+
+
+class _ClosesAtOnce(Protocol):
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
 
 
 # -- ping -----------------------------------------------------------------------------

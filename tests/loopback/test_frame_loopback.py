@@ -255,7 +255,8 @@ async def test_peer_that_does_not_read_is_not_read_and_others_are_served() -> No
             except BlockingIOError:
                 stalled += 1
                 await deferLater(reactor, 0.02, lambda: None)
-        await until(lambda: factory.built and factory.built[0]._read_paused)
+        conn = lambda: factory.built and factory.built[0]._conn  # noqa: E731
+        await until(lambda: conn() and not conn().reading)
         server = factory.built[0]
         transport: Any = server.transport
         buffered = len(transport.dataBuffer) + transport._tempDataLen

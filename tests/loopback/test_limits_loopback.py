@@ -204,7 +204,8 @@ async def test_udp_amplification_guard_and_cookie() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_udp_rate_limit_drops_a_flood_from_one_source() -> None:
-    factory = DatagramServerFactory(echo, mode="raw", rate_limit=5)
+    # trusted=(): loopback is trusted by default, and trusted sources are not rate-limited
+    factory = DatagramServerFactory(echo, mode="raw", rate_limit=5, trusted=())
     port = await UDPServerEndpoint(reactor, 0, "127.0.0.1").listen(factory)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:

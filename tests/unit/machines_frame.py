@@ -28,7 +28,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from sockproto.core import INT16, INT32, SPF1, ErrorCode, Frame, FrameDecoder, HeaderSpec, Kind, decode_error
+from sockproto.core.frame_connection import FrameServerConnection, PeerFrame
 from sockproto.frame.server import FrameServerFactory, FrameServerProtocol
+from sockproto.serving.metrics import ServiceMetrics
 from sockproto.testing import build_frame, connect_protocols
 
 from .machines_common import FAILING, LATER, Peer, ScriptedHandler, answer_for, payload_for, tags
@@ -253,13 +255,16 @@ class FrameServerMachine(RuleBasedStateMachine):
         server = self.server
         assert server.in_flight <= self.max_in_flight, (server.in_flight, self.max_in_flight)
         size = self.header.size
-        decoder = server._decoder  # white box: the bytes held are the point
-        assert decoder is None or decoder.buffered <= size + self.max_payload
-        backlog = sum(len(e.payload) for e in server._backlog if isinstance(e, Frame))
-        assert backlog <= self.chunk + self.max_payload, (backlog, self.chunk, self.max_payload)
+        conn = server._conn  # white box: the bytes held are the point
+        if conn is not None:
+            decoder = conn._decoder
+            assert decoder is None or decoder.buffered <= size + self.max_payload
+            backlog = sum(len(e.payload) for e in conn._backlog if isinstance(e, Frame))
+            assert backlog <= self.chunk + self.max_payload, (backlog, self.chunk, self.max_payload)
+            frame_max = size + max(self.max_payload + 2, ERROR_SLACK)
+            queued = sum(len(f) for done in dict(conn._owed).values() if done for f in done[0])
+            assert queued <= self.max_in_flight * frame_max
         frame_max = size + max(self.max_payload + 2, ERROR_SLACK)
-        queued = sum(len(f) for slot in server._queue for f in slot.frames)
-        assert queued <= self.max_in_flight * frame_max
         transport = self.connection.server_transport
         if transport.producer_paused and not transport.disconnected:
             assert not transport.reading, "the peer does not read its answers, yet the server reads on"
@@ -295,3 +300,94 @@ class FrameServerMachine(RuleBasedStateMachine):
         else:
             assert self.in_order and self.in_order[0][0] == "fatal", self.in_order
             assert transport.disconnected, "the connection stayed open without an error channel"
+
+
+class FrameConnectionMachine(RuleBasedStateMachine):
+    """The sans-IO :class:`FrameServerConnection` alone: requests, PINGs, oversized
+    frames, answers and failures in any order, drain and end of file.
+
+    Rules checked after every step: ``in_flight`` never exceeds ``max_in_flight``;
+    without ids every answer comes in request order; each request is answered once;
+    a closing connection sends nothing after its fatal error.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = False
+
+    @initialize(header=st.sampled_from([SPF1, INT32]), max_in_flight=st.integers(1, 4))
+    def start(self, header: HeaderSpec, max_in_flight: int) -> None:
+        self.header = header
+        self.metrics = ServiceMetrics("frame")
+        self.conn: FrameServerConnection[PeerFrame] = FrameServerConnection(
+            header, max_payload=20, max_in_flight=max_in_flight, counters=self.metrics
+        )
+        self.decoder: FrameDecoder[Frame] = FrameDecoder(header, max_payload=2**20)
+        self.held: list[PeerFrame] = []  # handed over, not answered
+        self.sent_order: list[bytes] = []  # ordered mode: payloads of requests, in order
+        self.expected: dict[int, bytes] = {}  # with ids: id -> answer payload
+        self.next_id = 1
+        self.started = True
+
+    def take(self, requests: list[PeerFrame]) -> None:
+        self.held.extend(requests)
+
+    @precondition(lambda self: self.started)
+    @rule(payload=st.binary(max_size=30))
+    def request(self, payload: bytes) -> None:
+        ident = self.next_id
+        self.next_id += 1
+        if not self.header.has_id and self.conn.state.name in ("OPEN", "DRAINING"):
+            self.sent_order.append(payload)
+        self.take(self.conn.receive_data(build_frame(payload, kind=REQ, id=ident, header=self.header)))
+
+    @precondition(lambda self: self.started and self.header.has_kind)
+    @rule(payload=st.binary(max_size=8))
+    def ping(self, payload: bytes) -> None:
+        ident = self.next_id
+        self.next_id += 1
+        self.take(self.conn.receive_data(build_frame(payload, kind=PING, id=ident, header=self.header)))
+
+    @precondition(lambda self: self.started and bool(self.held))
+    @rule(index=st.integers(0, 10), fail=st.booleans())
+    def answer(self, index: int, fail: bool) -> None:
+        request = self.held.pop(index % len(self.held))
+        if fail and self.header.has_kind:
+            self.conn.fail(request, ErrorCode.HANDLER_FAILED, "no")
+        else:
+            self.conn.answer(request, answer_for(request.payload))
+        self.take(self.conn.next_requests())
+
+    @precondition(lambda self: self.started)
+    @rule()
+    def drain(self) -> None:
+        self.conn.start_drain()
+
+    @invariant()
+    def bounded_and_in_order(self) -> None:
+        if not self.started:
+            return
+        conn = self.conn
+        assert conn.in_flight <= conn.max_in_flight, conn.in_flight
+        assert len(self.held) <= conn.max_in_flight
+        if conn.in_flight >= conn.max_in_flight:
+            assert not conn.wants_read
+        data = conn.data_to_send()
+        for event in self.decoder.feed(data):
+            assert type(event) is Frame, event
+            if not self.header.has_id:
+                assert event.payload == answer_for(self.sent_order.pop(0)), event
+        if conn.must_close:
+            assert not self.held or not self.header.has_id or conn.state.name == "MUST_CLOSE"
+
+    def teardown(self) -> None:
+        if not self.started:
+            return
+        for _ in range(100):
+            if not self.held:
+                break
+            request = self.held.pop(0)
+            self.conn.answer(request, answer_for(request.payload))
+            self.take(self.conn.next_requests())
+        self.bounded_and_in_order()
+        assert self.conn.in_flight == 0 or self.conn.state.name in ("CLOSING", "MUST_CLOSE")

@@ -1,4 +1,7 @@
-"""A state machine over the half-close server (issue 4's rules), in memory.
+"""State machines over the half-close request (sans IO) and the half-close server, in memory.
+
+:class:`HalfCloseRequestMachine` drives :class:`~sockproto.core.halfclose.HalfCloseRequest`
+directly; :class:`HalfCloseServerMachine` the Twisted protocol over it, as follows.
 
 The machine opens connections and, on each, sends request bytes in any number of
 reads (sizes at and around ``max_request``), half-closes, resets, lets time pass and
@@ -16,14 +19,14 @@ completes the handlers in any order.  After every step it checks:
 
 from __future__ import annotations
 
-from typing import Any
-
+import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from sockproto.core.halfclose import HalfCloseRequest, HalfCloseStateError, ResetReason, State
 from sockproto.halfclose.server import HalfCloseServerFactory, HalfCloseServerProtocol
 from sockproto.testing import HalfCloseTransport
 
@@ -168,8 +171,7 @@ class HalfCloseServerMachine(RuleBasedStateMachine):
         for c in self.conns:
             t = c.transport
             assert t.late_writes == b"", f"wrote {t.late_writes!r} after closing"
-            chunks: Any = c.proto._chunks  # white box: the bytes held are the point
-            assert sum(len(x) for x in chunks or ()) <= self.max_request
+            assert c.proto.exchange.held <= self.max_request  # white box: the bytes held are the point
             if c.state in ("open", "running"):
                 assert t.value() == b"" and not t.disconnecting, (c.state, t.value(), t.aborted)
             elif c.state == "answered":
@@ -195,3 +197,97 @@ class HalfCloseServerMachine(RuleBasedStateMachine):
                 assert c.transport.disconnecting, f"connection left open in state {c.state}"
                 c.transport.lose()
         assert not self.factory.connections
+
+
+class HalfCloseRequestMachine(RuleBasedStateMachine):
+    """The sans-IO :class:`~sockproto.core.halfclose.HalfCloseRequest` alone, against a model.
+
+    Reads of any size, the end of file, a synchronous or later answer and resets for
+    any reason, in any order; after every step the one state is the model's, the bytes
+    held never pass ``max_request``, and a final state never changes again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.req: HalfCloseRequest | None = None
+
+    @initialize(max_request=st.integers(0, 40))
+    def start(self, max_request: int) -> None:
+        self.req = HalfCloseRequest(max_request)
+        self.max_request = max_request
+        self.model = State.RECEIVING
+        self.sent = b""
+        self.payload: bytes | None = None
+
+    @precondition(lambda self: self.req is not None)
+    @rule(data=st.binary(max_size=30))
+    def receive(self, data: bytes) -> None:
+        assert self.req is not None
+        ok = self.req.receive_data(data)
+        if self.model is State.RECEIVING:
+            self.sent += data
+            if len(self.sent) > self.max_request:
+                self.model = State.RESET
+                assert not ok and self.req.reason is ResetReason.TOO_LARGE
+            else:
+                assert ok
+        else:
+            assert ok  # ignored outside RECEIVING
+
+    @precondition(lambda self: self.req is not None)
+    @rule()
+    def eof(self) -> None:
+        assert self.req is not None
+        if self.model is State.RECEIVING:
+            self.payload = self.req.eof_received()
+            assert self.payload == self.sent
+            self.model = State.COMPLETE
+        else:
+            with pytest.raises(HalfCloseStateError):
+                self.req.eof_received()
+
+    @precondition(lambda self: self.req is not None)
+    @rule()
+    def answers_later(self) -> None:
+        assert self.req is not None
+        if self.model is State.COMPLETE:
+            self.req.answering()
+            self.model = State.ANSWERING
+        else:
+            with pytest.raises(HalfCloseStateError):
+                self.req.answering()
+
+    @precondition(lambda self: self.req is not None)
+    @rule(answer=st.binary(max_size=10))
+    def answer(self, answer: bytes) -> None:
+        assert self.req is not None
+        if self.model in (State.COMPLETE, State.ANSWERING):
+            assert self.req.answer(answer) is answer
+            self.model = State.ANSWERED
+        else:
+            with pytest.raises(HalfCloseStateError):
+                self.req.answer(answer)
+
+    @precondition(lambda self: self.req is not None)
+    @rule(reason=st.sampled_from(ResetReason))
+    def reset(self, reason: ResetReason) -> None:
+        assert self.req is not None
+        changed = self.req.reset(reason)
+        final = self.model in (State.ANSWERED, State.RESET)
+        assert changed is not final
+        if not final:
+            self.model = State.RESET
+            assert self.req.reason is reason
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        if self.req is None:
+            return
+        assert self.req.state is self.model
+        assert self.req.held <= self.max_request
+        assert self.req.finished is (self.model in (State.ANSWERED, State.RESET))
+        assert self.req.idle is (self.model is State.RECEIVING and self.req.received == 0)
+        if self.model is not State.RESET:
+            assert self.req.reason is None
+        if self.model is not State.RECEIVING:
+            assert self.req.held == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sockproto.datagram.cache import IN_PROGRESS, ReplyCache
+from sockproto.core.datagram_cache import IN_PROGRESS, ReplyCache
 
 PEER = ("127.0.0.1", 5000)
 

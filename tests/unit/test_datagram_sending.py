@@ -165,7 +165,7 @@ class CountingTests(Case):
                 raise ValueError("x")
             return Deferred() if request.payload == b"later" else request.payload
 
-        proto = self.on_port(fail_on_x, mode="raw", rate_limit=3)
+        proto = self.on_port(fail_on_x, mode="raw", rate_limit=3, trusted=())  # loopback limited too
         for payload in (b"ok", b"x", b"later", b"over the rate"):
             proto.datagramReceived(payload, PEER)
         stats = self.factory.stats

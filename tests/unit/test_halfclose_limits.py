@@ -10,7 +10,11 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sockproto.core import ErrorCode
-from sockproto.halfclose.server import HalfCloseServerFactory, HalfCloseServerProtocol
+from sockproto.halfclose.server import (
+    DEFAULT_HANDLER_TIMEOUT,
+    HalfCloseServerFactory,
+    HalfCloseServerProtocol,
+)
 from sockproto.handlers import echo
 
 from .stream_peers import Wire
@@ -68,6 +72,27 @@ class HandlerTimeoutTests(Case):
         self.assertEqual(factory.metrics.errors[ErrorCode.TIMEOUT], 1)
         self.assertEqual(factory.metrics.in_flight, 0)
         self.assertEqual(len([e for e in self.events if e.get("sockproto_event") == "handler_timeout"]), 1)
+
+    def test_default_is_the_plugins_30_s(self) -> None:
+        """Issue 12 item 4: a handler that never answers does not hold its socket forever."""
+        factory = self.factory(lambda r: Deferred(), request_timeout=None)
+        self.assertEqual(factory.handler_timeout, DEFAULT_HANDLER_TIMEOUT)
+        self.assertEqual(HalfCloseServerProtocol(echo).handler_timeout, DEFAULT_HANDLER_TIMEOUT)
+        wire = self.ask(factory, b"never answered")
+        self.clock.advance(DEFAULT_HANDLER_TIMEOUT - 0.1)
+        self.assertFalse(wire.reset)
+        self.clock.advance(0.1)
+        wire.connection.flush()
+        self.assertTrue(wire.reset)
+        self.assertEqual(factory.metrics.errors[ErrorCode.TIMEOUT], 1)
+
+    def test_none_is_still_no_limit(self) -> None:
+        factory = self.factory(lambda r: Deferred(), request_timeout=None, handler_timeout=None)
+        wire = self.ask(factory, b"x")
+        self.clock.advance(10 * DEFAULT_HANDLER_TIMEOUT)
+        self.assertFalse(wire.reset)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(factory.metrics.in_flight, 1)
 
     def test_in_time_is_answered(self) -> None:
         d: Deferred[bytes] = Deferred()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, LogLevel
+from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvides
 from zope.interface.verify import verifyObject
 
 from sockproto.halfclose.server import (
@@ -184,7 +190,7 @@ class ResetTests(ServerCase):
         t, proto = self.connect(max_request=10)
         proto.dataReceived(b"x" * 1000)
         self.assertTrue(t.aborted)
-        self.assertIsNone(proto._chunks)
+        self.assertEqual(proto.exchange.held, 0)
 
     def test_handler_exception_resets_and_logs_traceback(self) -> None:
         def handler(request: Request) -> bytes:
@@ -273,7 +279,7 @@ class TimeoutTests(ServerCase):
 
     def test_half_close_in_time_stops_the_clock(self) -> None:
         d: Deferred[bytes] = Deferred()
-        t, proto = self.connect(lambda r: d, request_timeout=5)
+        t, proto = self.connect(lambda r: d, request_timeout=5, handler_timeout=None)
         proto.dataReceived(b"q")
         self.clock.advance(4)
         t.peer_half_close()
@@ -337,3 +343,69 @@ class FactoryTests(ServerCase):
         proto.dataReceived(b"solo")
         t.peer_half_close()
         self.assertEqual(t.value(), b"solo")
+
+
+class NoHalfCloseTests(ServerCase):
+    """Issue 12 item 3: a transport that cannot deliver the half-close is refused, loudly, once."""
+
+    def refused(self, transport: Any, factory: HalfCloseServerFactory | None = None) -> Any:
+        factory = factory or HalfCloseServerFactory(echo, clock=self.clock)
+        self.factory = factory
+        proto = factory.buildProtocol(None)
+        assert isinstance(proto, HalfCloseServerProtocol)
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        return proto
+
+    def test_tls_transport_is_aborted_and_logged_once_per_factory(self) -> None:
+        factory = HalfCloseServerFactory(echo, clock=self.clock)
+        transports = [HalfCloseTransport() for _ in range(3)]
+        for t in transports:
+            directlyProvides(t, ISSLTransport)  # as TLSMemoryBIOProtocol does, over a TCP transport
+            self.refused(t, factory)
+            self.assertTrue(t.aborted)
+            t.lose()
+        [error] = self.logged(LogLevel.error)
+        self.assertIn("TLS", error["why"])
+        self.assertEqual(factory.connections, set())
+        self.assertEqual(factory.metrics.connections_refused, 3)
+        self.assertEqual(factory.metrics.requests, 0)
+        self.refused(HalfCloseTransport(), HalfCloseServerFactory(echo, clock=self.clock))
+        self.assertEqual(len(self.logged(LogLevel.error)), 1)  # another factory, a good transport
+
+    def test_transport_without_half_close_is_aborted(self) -> None:
+        t = StringTransport()
+        t.abortConnection = lambda: setattr(t, "aborted", True)  # type: ignore[method-assign]
+        self.refused(t)
+        self.assertTrue(t.aborted)  # type: ignore[attr-defined]
+        [error] = self.logged(LogLevel.error)
+        self.assertIn("does not deliver the peer's half-close", error["why"])
+
+    def test_protocol_wrapper_is_aborted(self) -> None:
+        """HAProxy's wrapper is a ProtocolWrapper: it copies the interfaces but not the half-close."""
+        inner = HalfCloseTransport()
+        wrapping = WrappingFactory(HalfCloseServerFactory(echo, clock=self.clock))
+        wrapper = wrapping.buildProtocol(None)
+        assert wrapper is not None
+        inner.connect(wrapper)
+        self.assertTrue(inner.aborted)
+        [error] = self.logged(LogLevel.error)
+        self.assertIn("ProtocolWrapper", error["why"])
+
+    def test_tls_for_real(self) -> None:
+        """Twisted's own TLS wrapper is refused (before any handshake byte matters)."""
+        from twisted.internet.ssl import PrivateCertificate
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from ..loopback.tls import make_certificate
+
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
+        pem, _ = make_certificate(directory)
+        options = PrivateCertificate.loadPEM(pem.read_bytes()).options()
+        factory = HalfCloseServerFactory(echo, clock=self.clock)
+        tls = TLSMemoryBIOFactory(options, False, factory).buildProtocol(None)
+        assert tls is not None
+        t = HalfCloseTransport().connect(tls)
+        self.assertTrue(t.aborted)
+        self.assertIn("TLS", self.logged(LogLevel.error)[0]["why"])

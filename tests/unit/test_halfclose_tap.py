@@ -66,6 +66,15 @@ class OptionsTests(SynchronousTestCase):
                 self.assertIn("twisted#5341", error)
                 self.assertIn("tcp:, tcp6: or unix:", error)
 
+    def test_haproxy_endpoints_refused_with_the_reason(self) -> None:
+        for text in ["haproxy:tcp:8752", "HAProxy:unix:/tmp/s.sock", "haproxy:nonsense"]:
+            with self.subTest(endpoint=text):
+                error = str(self.assertRaises(UsageError, parse, "--listen", text))
+                self.assertIn(repr(text), error)
+                self.assertIn("ProtocolWrapper", error)
+                self.assertIn("half-close ends the whole connection", error)
+                self.assertIn("tcp:, tcp6: or unix:", error)
+
 
 class ServiceTests(SynchronousTestCase):
     def test_make_service(self) -> None:

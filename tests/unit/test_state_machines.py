@@ -30,7 +30,8 @@ from sockproto.testing import (
 
 from .machines_common import Boom, Peer
 from .machines_datagram import DatagramServerMachine
-from .machines_frame import FrameServerMachine
+from .machines_datagram_rules import DatagramRulesMachine
+from .machines_frame import FrameConnectionMachine, FrameServerMachine
 from .machines_frame_client import FrameClientMachine
 from .machines_halfclose import HalfCloseServerMachine
 
@@ -41,6 +42,9 @@ class FrameMachineTests(SynchronousTestCase):
     def test_server(self) -> None:
         run_state_machine_as_test(FrameServerMachine, settings=STEPS)
         self.flushLoggedErrors(Boom)
+
+    def test_connection(self) -> None:
+        run_state_machine_as_test(FrameConnectionMachine, settings=STEPS)
 
     def test_client(self) -> None:
         run_state_machine_as_test(FrameClientMachine, settings=STEPS)
@@ -56,6 +60,9 @@ class DatagramMachineTests(SynchronousTestCase):
     def test_server(self) -> None:
         run_state_machine_as_test(DatagramServerMachine, settings=STEPS)
         self.flushLoggedErrors(Boom)
+
+    def test_rules(self) -> None:
+        run_state_machine_as_test(DatagramRulesMachine, settings=STEPS)
 
 
 def fail_with_the_payload(request: Request) -> bytes:

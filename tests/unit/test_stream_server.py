@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from sockproto.core import INT32
+from sockproto.core import INT16, INT32
 from sockproto.frame.server import FrameServerFactory, FrameServerProtocol
 from sockproto.halfclose.server import HalfCloseServerFactory, HalfCloseServerProtocol
 from sockproto.handlers import echo
@@ -209,22 +209,23 @@ class ConnectionEventTests(HalfCloseCase):
 
 
 class SharedSettingsTests(SynchronousTestCase):
-    """A frame factory's connections hold their settings in one class, not each instance."""
+    """A frame factory's connections share one settings object by reference."""
 
-    def test_settings_live_in_the_class(self) -> None:
+    def test_protocols_share_one_settings_object(self) -> None:
         factory = FrameServerFactory(echo, header=INT32, max_in_flight=7)
         first, second = factory.buildProtocol(CLIENT), factory.buildProtocol(CLIENT)
-        assert isinstance(first, FrameServerProtocol)
-        self.assertIs(type(first), type(second))
-        self.assertEqual(type(first).__name__, "FrameServerProtocol")
-        for name in ("handler", "header", "max_in_flight", "metrics", "factory", "limiter", "_tracker"):
-            self.assertNotIn(name, vars(first))
+        assert isinstance(first, FrameServerProtocol) and isinstance(second, FrameServerProtocol)
+        self.assertIs(type(first), FrameServerProtocol)  # no class made at run time
+        self.assertIs(first.settings, factory.settings)
+        self.assertIs(second.settings, factory.settings)
+        # nothing copied per connection: the instance holds the settings and its peer only
+        self.assertEqual(set(vars(first)), {"settings", "peer"})
         # read through an instance, a handler function stays itself, not a bound method
         self.assertIs(first.handler, echo)
         self.assertEqual((first.header, first.max_in_flight, first.factory), (INT32, 7, factory))
-        self.assertIn("peer", vars(first))
+        self.assertIs(first.settings.tracker, factory.tracker)
 
-    def test_a_changed_setting_makes_a_new_class(self) -> None:
+    def test_a_changed_setting_reaches_protocols_built_afterwards(self) -> None:
         factory = FrameServerFactory(echo, header=INT32)
         before = factory.buildProtocol(CLIENT)
 
@@ -232,12 +233,26 @@ class SharedSettingsTests(SynchronousTestCase):
             return request.payload.upper()
 
         factory.handler = upper
+        factory.max_in_flight = 2
         after = factory.buildProtocol(CLIENT)
-        self.assertIsNot(type(before), type(after))
+        assert isinstance(before, FrameServerProtocol) and isinstance(after, FrameServerProtocol)
         self.assertIs(before.handler, echo)  # an open connection keeps what it started with
+        self.assertEqual(before.max_in_flight, 64)
         self.assertIs(after.handler, upper)
+        self.assertEqual(after.max_in_flight, 2)
+        self.assertIs(after.settings, factory.settings)
+
+    def test_a_changed_setting_is_validated_and_clamped(self) -> None:
+        factory = FrameServerFactory(echo, header=INT32)
+        with self.assertRaises(ValueError):
+            factory.max_in_flight = 0
+        factory.header = INT16
+        factory.max_payload = 10**9
+        self.assertEqual(factory.max_payload, INT16.max_payload)
 
     def test_a_protocol_built_directly_has_its_own_settings(self) -> None:
         proto = FrameServerProtocol(echo, header=INT32, max_in_flight=3)
         self.assertIs(type(proto), FrameServerProtocol)
-        self.assertEqual((vars(proto)["handler"], vars(proto)["max_in_flight"]), (echo, 3))
+        self.assertEqual((proto.settings.handler, proto.settings.max_in_flight), (echo, 3))
+        self.assertIsNone(proto.factory)
+        self.assertEqual(proto.metrics.service, "frame")

@@ -1,6 +1,9 @@
-"""Register sockproto's twistd plugins (registration only: the code is in sockproto.tap)."""
+"""Register sockproto's twistd plugins and its ``mtls:`` endpoint (registration only: the code
+is in sockproto.tap and sockproto.serving.tls)."""
 
 from twisted.application.service import ServiceMaker
+
+from sockproto.serving.tls import MutualTLSServerParser
 
 sockproto_frame = ServiceMaker(
     "sockproto-frame",
@@ -26,3 +29,7 @@ sockproto_all = ServiceMaker(
     "Every sockproto service on its default loopback endpoint",
     "sockproto",
 )
+
+# The mtls: server endpoint string (ssl: requiring a client certificate); pyOpenSSL is
+# imported only when such a string is parsed.
+sockproto_mtls_endpoint = MutualTLSServerParser()

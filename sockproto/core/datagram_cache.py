@@ -8,6 +8,8 @@ its way serves it.
 
 The cache holds at most ``max_entries`` replies and ``max_bytes`` reply bytes, each
 for at most ``max_age`` seconds, so it costs bounded memory whatever the peers send.
+
+Plain Python (the sans-IO rule): the clock is any object with ``seconds()``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Final
 
-from twisted.internet.interfaces import IReactorTime
+from .datagram_guard import TimeSource
 
 __all__ = [
     "DEFAULT_CACHE_AGE",
@@ -64,7 +66,7 @@ class ReplyCache:
 
     def __init__(
         self,
-        clock: IReactorTime,
+        clock: TimeSource,
         *,
         max_entries: int = DEFAULT_CACHE_ENTRIES,
         max_bytes: int = DEFAULT_CACHE_BYTES,

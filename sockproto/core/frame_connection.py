@@ -1,0 +1,509 @@
+"""The frame server's protocol rules, sans-IO: one connection's state, bytes in, bytes out.
+
+:class:`FrameServerConnection` is to the frame server what h11's ``Connection`` is to
+HTTP: it decodes what the client sends, answers PINGs, refuses what it must (ERROR 1,
+2, 3), keeps answers in request order when the header has no ids, bounds the requests
+in flight, and says when to stop reading and when to close.  It does no I/O: the
+caller feeds it bytes (:meth:`~FrameServerConnection.receive_data`, or
+:meth:`~FrameServerConnection.serve` with the handler) and sends what
+:meth:`~FrameServerConnection.data_to_send` returns.
+
+Its state is one :class:`ConnectionState`::
+
+    OPEN --start_drain(), eof_received()--> DRAINING --nothing owed, between frames--> MUST_CLOSE
+    OPEN, DRAINING --fatal error, stop()--> CLOSING --the answers due before it sent--> MUST_CLOSE
+    any --closed()--> CLOSED
+
+A fatal error is a broken header (ERROR 1, id 0: a stream cannot resynchronise), or any
+error at all when the header has no ``kind`` field (no error channel).  The state moves
+to MUST_CLOSE in :meth:`~FrameServerConnection.data_to_send`: the caller closes once it
+has sent what that returned, then calls :meth:`~FrameServerConnection.closed`.
+
+Plain Python: no Twisted import (the sans-IO rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, MutableMapping
+from enum import Enum
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+from .decoder import Frame, FrameDecoder, Malformed, Oversized, UnexpectedKind
+from .header import HeaderSpec
+from .spf1 import ErrorCode, Kind, encode_error
+
+__all__ = ["ConnectionState", "FrameCounters", "FrameServerConnection", "Later", "PeerFrame", "Report"]
+
+_REQUEST, _RESPONSE, _ERROR, _PING, _PONG = (int(k) for k in Kind)
+_SERVED_KINDS: Final = frozenset((_REQUEST, _PING))
+
+
+class ConnectionState(Enum):
+    """Where a frame server connection is in its life (see the module's diagram)."""
+
+    OPEN = "open"  #: reading and serving
+    DRAINING = "draining"  #: the frame under way is completed, what was received answered; then MUST_CLOSE
+    CLOSING = "closing"  #: no more requests served; the answers due are sent, then MUST_CLOSE
+    MUST_CLOSE = "must_close"  #: nothing more to send: the caller closes the connection
+    CLOSED = "closed"  #: closed or lost: whatever comes later is dropped (abandoned)
+
+
+_OPEN, _DRAINING, _CLOSING, _MUST_CLOSE, _CLOSED = ConnectionState
+_SERVING = (_OPEN, _DRAINING)
+
+
+class FrameCounters(Protocol):
+    """The counters a connection adds to (a service's ``ServiceMetrics`` has them all)."""
+
+    requests: int
+    answers: int
+    pings: int
+    abandoned: int
+    bytes_in: int
+    bytes_out: int
+
+    @property
+    def errors(self) -> MutableMapping[ErrorCode, int]: ...
+
+
+class PeerFrame(Frame):
+    """A frame that can carry its sender's address (the default request type)."""
+
+    __slots__ = ("peer",)
+    peer: object
+
+
+R = TypeVar("R", bound=Frame)
+
+Later = Callable[[Any, object, Exception | None], object]
+"""Takes over a request the handler did not answer with plain bytes:
+``later(request, result, exception)``; the request is in flight until
+:meth:`FrameServerConnection.answer` or :meth:`~FrameServerConnection.fail`."""
+
+Report = Callable[[str, str], object]
+"""Told ``(category, message)`` of what the caller may log: ``frame_refused``,
+``protocol_error``, ``answer_too_large``."""
+
+
+class _Unanswered:
+    """What :meth:`FrameServerConnection.receive_data`'s handler returns: answer later."""
+
+
+_UNANSWERED: Final = _Unanswered()
+
+
+def _unanswered(request: object) -> _Unanswered:
+    return _UNANSWERED
+
+
+def _ignore(category: str, message: str) -> None:
+    """The default :data:`Report`: nothing is logged."""
+
+
+class FrameServerConnection(Generic[R]):
+    """The server side of one frame connection.
+
+    :param header: the wire header.
+    :param max_payload: larger requests get ERROR 2 (fatal without an error channel),
+        their payload skipped unread; at most ``header.max_payload``.
+    :param max_in_flight: requests awaiting their answer before :attr:`wants_read` is
+        False and decoded requests are held back.
+    :param counters: what to count into (requests, answers, pings, errors, abandoned,
+        bytes), per read rather than per frame.
+    :param frame_type: the class built for each request; it must take a ``peer``
+        attribute, set to :attr:`peer` before the handler sees it.
+    :param peer: the client's address, given to every request.
+    :param report: told what the caller may log (see :data:`Report`).
+
+    :ivar state: the :class:`ConnectionState`.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_decoder",
+        "_frame_type",
+        "_ordered",
+        "_out",
+        "_owed",
+        "_reading",
+        "_serving",
+        "_waiting",
+        "_write_paused",
+        "counters",
+        "header",
+        "max_in_flight",
+        "max_payload",
+        "peer",
+        "report",
+        "state",
+    )
+
+    def __init__(
+        self,
+        header: HeaderSpec,
+        *,
+        max_payload: int,
+        max_in_flight: int,
+        counters: FrameCounters,
+        frame_type: type[R] = PeerFrame,  # type: ignore[assignment]
+        peer: object = None,
+        report: Report = _ignore,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+        self.header: Final = header
+        self.max_payload: Final = min(max_payload, header.max_payload)
+        self.max_in_flight: Final = max_in_flight
+        self.counters = counters
+        self.peer = peer
+        self.report = report
+        self.state = _OPEN
+        self._frame_type = frame_type
+        self._decoder: FrameDecoder[R] | None = FrameDecoder(
+            header, max_payload=self.max_payload, accept_kinds=_SERVED_KINDS, frame_type=frame_type
+        )
+        self._ordered = not header.has_id  # answers must follow request order
+        # ordered mode: the requests owed an answer, oldest first, with their frames once
+        # done; the shared empty tuple until used
+        self._owed: dict[object, tuple[list[bytes], bool] | None] | tuple[()] = ()
+        self._waiting = 0  # with ids: requests handed over and not answered yet
+        self._backlog: list[Any] | tuple[()] = ()  # decoded events held back by flow control
+        self._out: list[bytes] = []  # bytes due, joined by data_to_send
+        self._write_paused = False  # an input: the peer does not read (pause_writing)
+        self._reading = True  # what the caller was last told (reading_change)
+        self._serving = False  # inside serve(): answers join the batch, no state change
+
+    # -- what the caller asks ---------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Requests handed over (or queued in request order) whose answer is not sent yet."""
+        return len(self._owed) if self._ordered else self._waiting
+
+    @property
+    def between_frames(self) -> bool:
+        """Whether no frame is partly received."""
+        return self._decoder is None or self._decoder.idle
+
+    @property
+    def must_close(self) -> bool:
+        """Whether the caller must close the connection, once :meth:`data_to_send` is sent."""
+        return self.state is _MUST_CLOSE
+
+    @property
+    def serving(self) -> bool:
+        """Whether :meth:`serve` is running (an answer given now joins its batch)."""
+        return self._serving
+
+    @property
+    def reading(self) -> bool:
+        """Whether the caller reads, as :meth:`reading_change` last told it."""
+        return self._reading
+
+    @property
+    def wants_read(self) -> bool:
+        """Whether more bytes should be read: False while blocked, holding a backlog,
+        closing, or draining between frames."""
+        state = self.state
+        if state is _OPEN:
+            pass
+        elif state is not _DRAINING or self.between_frames:
+            return False
+        return not (self._backlog or self._write_paused or self.in_flight >= self.max_in_flight)
+
+    def reading_change(self) -> bool | None:
+        """The change to make to reading, if :attr:`wants_read` changed: True to resume,
+        False to pause, ``None`` for none (nothing is changed once closed)."""
+        wanted = self.wants_read
+        if wanted is self._reading or self.state is _CLOSED:
+            return None
+        self._reading = wanted
+        return wanted
+
+    def wants_answer(self, request: object) -> bool:
+        """Whether an answer to ``request`` would still be sent (else it is abandoned)."""
+        if self._ordered:
+            return self.state is not _CLOSED and request in self._owed
+        return self.state in _SERVING
+
+    # -- bytes in -----------------------------------------------------------------------
+
+    def serve(self, data: bytes, handler: Callable[[R], object], later: Later) -> int:
+        """Decode ``data`` and serve it: the hot path.
+
+        Each request goes to ``handler``; a plain ``bytes`` answer that fits is framed at
+        once, anything else (or an exception) goes to ``later`` (see :data:`Later`).
+        PINGs and refused frames are answered here.  What flow control holds back is
+        served by :meth:`serve_backlog`.
+
+        :return: how many frames ``data`` completed (activity, for an idle timeout).
+        """
+        decoder = self._decoder
+        if self.state not in _SERVING or decoder is None:
+            return 0
+        self.counters.bytes_in += len(data)
+        events = decoder.feed(data)
+        if self._backlog or self._write_paused or self.in_flight >= self.max_in_flight:
+            self._hold_back(events)
+        else:
+            self._serve(events, handler, later)
+        return len(events)
+
+    def serve_backlog(self, handler: Callable[[R], object], later: Later) -> None:
+        """Serve what flow control held back, as far as it now allows."""
+        while (
+            self._backlog
+            and not self._serving
+            and self.state in _SERVING
+            and not self._write_paused
+            and self.in_flight < self.max_in_flight
+        ):
+            events, self._backlog = list(self._backlog), ()
+            self._serve(events, handler, later)
+
+    def receive_data(self, data: bytes) -> list[R]:
+        """Decode ``data``; return the requests to give the handler, each in flight until
+        :meth:`answer` or :meth:`fail` (the others are held back beyond ``max_in_flight``)."""
+        taken: list[R] = []
+        self.serve(data, _unanswered, lambda request, result, exc: taken.append(request))
+        return taken
+
+    def next_requests(self) -> list[R]:
+        """Like :meth:`receive_data` with no new bytes: the requests held back, now allowed."""
+        taken: list[R] = []
+        self.serve_backlog(_unanswered, lambda request, result, exc: taken.append(request))
+        return taken
+
+    def _serve(self, events: list[Any], handler: Callable[[R], object], later: Later) -> None:
+        """Serve ``events`` in order, counted once for all of them."""
+        out = self._out
+        write = out.append
+        header = self.header
+        pack = header.pack_frame_header
+        bare_pack = header.pack_bare
+        max_answer = header.max_payload
+        peer = self.peer
+        ftype = self._frame_type
+        owed = self._owed
+        max_in_flight = self.max_in_flight
+        pings = slow = 0  # counted per read, in locals: no per-frame attribute work
+        rest: Iterator[Any] = iter(events)  # kept: what a break leaves is held back
+        self._serving = True
+        try:
+            for event in rest:
+                if type(event) is ftype:
+                    if event.kind == _PING:
+                        pings += 1
+                        pong = [pack(_PONG, event.id or 0, len(event.payload)), event.payload]
+                        if owed:
+                            self._deliver(None, pong)
+                        else:
+                            out += pong
+                        continue
+                    event.peer = peer  # type: ignore[attr-defined]  # frame_type takes one
+                    try:
+                        result = handler(event)
+                    except Exception as exc:
+                        slow += 1
+                        self._hand_over(event, None, exc, later)
+                    else:
+                        if type(result) is bytes and not owed and len(result) <= max_answer:
+                            if bare_pack is not None:  # a bare length prefix: one C call
+                                write(bare_pack(len(result)))
+                            else:
+                                write(pack(_RESPONSE, event.id, len(result)))
+                            write(result)
+                            continue
+                        slow += 1
+                        self._hand_over(event, result, None, later)
+                        owed = self._owed  # it may have been created
+                    if self.state not in _SERVING or self._write_paused or self.in_flight >= max_in_flight:
+                        break
+                else:
+                    slow += 1
+                    self._refused(event)
+                    if self.state not in _SERVING:
+                        break
+        finally:
+            self._serving = False
+        left = list(rest)  # empty unless the loop stopped early
+        served = len(events) - len(left)
+        if left and self.state in _SERVING:
+            self._hold_back(left)
+        # Every event served but the PINGs counts as a request; those not answered at
+        # once (``slow``) count their answer or error where it is made.
+        counters = self.counters
+        counters.requests += served - pings
+        counters.answers += served - pings - slow
+        if pings:
+            counters.pings += pings
+
+    def _hand_over(self, request: R, result: object, exc: Exception | None, later: Later) -> None:
+        """Owe ``request`` an answer, then give it to ``later``."""
+        if not self._ordered:
+            self._waiting += 1
+        elif self._owed:
+            self._owed[request] = None
+        else:
+            self._owed = {request: None}
+        later(request, result, exc)
+
+    def _refused(self, event: Malformed | Oversized | UnexpectedKind) -> None:
+        """Answer a frame that is not served: a broken header is fatal, others are skipped."""
+        if isinstance(event, Malformed):
+            self.report("protocol_error", event.reason)
+            frames, _ = self._error(0, ErrorCode.PROTOCOL_ERROR, event.reason)
+            self._deliver(None, frames, fatal=True)
+            return
+        if type(event) is Oversized:
+            code = ErrorCode.TOO_LARGE
+            what = f"payload of {event.length} bytes is over the {self.max_payload}-byte limit"
+        else:
+            code = ErrorCode.UNEXPECTED_KIND
+            what = f"frame kind {event.kind} is not a request"
+        self.report("frame_refused", what)
+        self._deliver(None, *self._error(event.id, code, what))
+
+    def _hold_back(self, events: list[Any]) -> None:
+        if self._backlog:
+            self._backlog.extend(events)
+        else:
+            self._backlog = list(events)
+
+    # -- answers ------------------------------------------------------------------------
+
+    def answer(self, request: R, payload: bytes) -> None:
+        """Answer ``request`` (handed over earlier) with ``payload``: a RESPONSE, or
+        ERROR 2 if the header cannot carry it (fatal without an error channel)."""
+        if not self._took_back(request):
+            return
+        if len(payload) <= self.header.max_payload:
+            self.counters.answers += 1
+            frames = [self.header.pack_frame_header(_RESPONSE, request.id or 0, len(payload)), payload]
+            self._deliver(request, frames)
+            return
+        message = f"answer of {len(payload)} bytes does not fit the {self.header.name} header"
+        self.report("answer_too_large", message)
+        self._deliver(request, *self._error(request.id, ErrorCode.TOO_LARGE, message))
+
+    def fail(self, request: R, code: ErrorCode, message: str) -> None:
+        """Answer ``request`` with an ERROR (fatal without an error channel)."""
+        if self._took_back(request):
+            self._deliver(request, *self._error(request.id, code, message))
+
+    def abandon(self, request: R) -> None:
+        """``request`` will not be answered (its handler was cancelled, its connection lost)."""
+        self._took_back(request)
+
+    def _took_back(self, request: R) -> bool:
+        """Whether the answer to ``request`` is to be sent; count it abandoned if not."""
+        if not self._ordered:
+            self._waiting -= 1
+            wanted = self.state in _SERVING
+        else:
+            wanted = self.state is not _CLOSED and request in self._owed
+        if not wanted:
+            self.counters.abandoned += 1
+        return wanted
+
+    def _error(self, ident: int | None, code: ErrorCode, message: str) -> tuple[list[bytes], bool]:
+        """An ERROR frame, or none and ``fatal`` when the header has no kind."""
+        self.counters.errors[code] += 1
+        if not self.header.has_kind:
+            return [], True
+        payload = encode_error(code, message)
+        return [self.header.pack_frame_header(_ERROR, ident or 0, len(payload)), payload], False
+
+    def _deliver(self, request: object, frames: list[bytes], fatal: bool = False) -> None:
+        """Send ``frames`` now, or in request order; ``fatal`` closes after them.
+
+        ``request`` is the request they answer (owed in request order), or ``None`` for
+        frames due now (a PONG, a refusal), which still wait behind answers owed.
+        """
+        if fatal:
+            self._stop()
+        owed = self._owed
+        if not self._ordered or (request is None and not owed):
+            self._out += frames
+            return
+        if request is None:
+            request = object()
+        if not owed:
+            return  # cleared by an earlier fatal answer: nothing after it is sent
+        owed[request] = (frames, fatal)
+        out = self._out
+        while owed:
+            head = next(iter(owed))
+            done = owed[head]
+            if done is None:
+                break
+            del owed[head]
+            out += done[0]
+            if done[1]:
+                self._owed = ()  # nothing after a fatal answer is sent
+                break
+
+    # -- bytes out ----------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """The bytes to send now; afterwards, :attr:`must_close` says whether to close."""
+        out = self._out
+        if out:
+            data = b"".join(out)
+            out.clear()
+            self.counters.bytes_out += len(data)
+        else:
+            data = b""
+        state = self.state
+        if state is _CLOSING:
+            if not self._owed:
+                self.state = _MUST_CLOSE
+        elif state is _DRAINING and not self._serving and self.between_frames:
+            if not (self.in_flight or self._backlog):
+                self.state = _MUST_CLOSE
+        elif state is _CLOSED:
+            return b""
+        return data
+
+    # -- other inputs -------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The peer does not read (a full write buffer): serve no more until resumed."""
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        """The peer reads again: :meth:`serve_backlog` may go on."""
+        self._write_paused = False
+
+    def start_drain(self) -> None:
+        """Shut down gracefully: complete the frame under way, answer every request
+        received, then close."""
+        if self.state is _OPEN:
+            self.state = _DRAINING
+
+    def eof_received(self) -> None:
+        """The client sent all it will: answer what it sent, then close (a frame left
+        incomplete is dropped)."""
+        self.start_drain()
+        self._decoder = None
+
+    def stop(self) -> None:
+        """Serve no more requests; close once the answers due in request order are sent."""
+        if self.state in _SERVING:
+            self.state = _CLOSING
+        self._backlog = ()
+
+    _stop = stop
+
+    def time_out(self) -> bool:
+        """The idle timeout passed: :meth:`stop` unless answers are owed; whether it did."""
+        if self.in_flight or self._backlog or self.state not in _SERVING:
+            return False
+        self.stop()
+        return True
+
+    def closed(self) -> None:
+        """The connection is closed (by the caller) or lost: drop everything from now on."""
+        self.state = _CLOSED
+        self._backlog = self._owed = ()
+        self._out.clear()
