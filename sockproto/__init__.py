@@ -72,6 +72,9 @@ _EXPORTS: dict[str, str] = {
     "HandlerTimeout": "sockproto.serving.answering",
 }
 
+# ``_EXPORTS`` is the list of public names and their modules.  ``__all__`` and the imports
+# under TYPE_CHECKING repeat it for static tools (ruff and mypy read them, not the dict);
+# tests/unit/test_public_names.py fails unless all three name the same set.
 __all__ = [
     "AnswerTimeout",
     "DatagramClientProtocol",

@@ -281,7 +281,8 @@ class FrameServerConnection(Generic[R]):
         header = self.header
         pack = header.pack_frame_header
         bare_pack = header.pack_bare
-        max_answer = header.max_payload
+        # An answer that may be short of the header's min_payload takes the slow path.
+        max_answer = header.max_payload if not header.min_payload else -1
         peer = self.peer
         ftype = self._frame_type
         owed = self._owed
@@ -377,12 +378,14 @@ class FrameServerConnection(Generic[R]):
         ERROR 2 if the header cannot carry it (fatal without an error channel)."""
         if not self._took_back(request):
             return
-        if len(payload) <= self.header.max_payload:
+        if self.header.min_payload <= len(payload) <= self.header.max_payload:
             self.counters.answers += 1
             frames = [self.header.pack_frame_header(_RESPONSE, request.id or 0, len(payload)), payload]
             self._deliver(request, frames)
             return
         message = f"answer of {len(payload)} bytes does not fit the {self.header.name} header"
+        if len(payload) < self.header.min_payload:
+            message += f" (its length adjustment needs at least {self.header.min_payload} bytes)"
         self.report("answer_too_large", message)
         self._deliver(request, *self._error(request.id, ErrorCode.TOO_LARGE, message))
 
@@ -409,9 +412,9 @@ class FrameServerConnection(Generic[R]):
     def _error(self, ident: int | None, code: ErrorCode, message: str) -> tuple[list[bytes], bool]:
         """An ERROR frame, or none and ``fatal`` when the header has no kind."""
         self.counters.errors[code] += 1
-        if not self.header.has_kind:
-            return [], True
         payload = encode_error(code, message)
+        if not self.header.has_kind or len(payload) < self.header.min_payload:
+            return [], True  # no error channel (or none this short): close instead
         return [self.header.pack_frame_header(_ERROR, ident or 0, len(payload)), payload], False
 
     def _deliver(self, request: object, frames: list[bytes], fatal: bool = False) -> None:

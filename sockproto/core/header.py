@@ -27,6 +27,7 @@ __all__ = [
     "FieldValue",
     "HeaderSpec",
     "PayloadTooLarge",
+    "PayloadTooShort",
     "SpecError",
 ]
 
@@ -41,6 +42,11 @@ _ORDERS: Final = {"big": ">", "network": ">", "little": "<"}
 
 class SpecError(ValueError):
     """A header specification is inconsistent (raised when it is declared)."""
+
+
+class PayloadTooShort(ValueError):
+    """The payload is shorter than a negative ``length_adjustment`` takes off: the
+    length field would be negative."""
 
 
 class PayloadTooLarge(ValueError):
@@ -110,6 +116,9 @@ class HeaderSpec:
         self.max_payload: Final = wire_max - self.length_offset
         if self.max_payload < 0:
             raise SpecError(f"{name}: the length adjustment leaves no room for a payload")
+        #: the shortest payload the length field can announce: above zero only with a
+        #: negative adjustment (the field counts fewer bytes than follow it)
+        self.min_payload: Final = max(0, -self.length_offset)
         self._codes = codes
         self._defaults = tuple(
             constants.get(n, b"\0" * _bytes_width(c) if c.endswith("s") else 0) for n, c in pairs
@@ -147,13 +156,16 @@ class HeaderSpec:
         Constant fields take their fixed value, unnamed ones zero.
 
         :raises PayloadTooLarge: if the length field cannot represent ``length``.
+        :raises PayloadTooShort: if ``length`` is under :attr:`min_payload`.
         :raises ValueError: for an unknown field or a value that does not fit.
         """
-        if not 0 <= length <= self.max_payload:
-            raise PayloadTooLarge(
-                f"{self.name}: a {length}-byte payload does not fit the length field "
-                f"(at most {self.max_payload} bytes)"
-            )
+        if not self.min_payload <= length <= self.max_payload:
+            if not 0 <= length <= self.max_payload:
+                raise PayloadTooLarge(
+                    f"{self.name}: a {length}-byte payload does not fit the length field "
+                    f"(at most {self.max_payload} bytes)"
+                )
+            raise self._too_short(length)
         values = list(self._defaults)
         for fname, value in fields.items():
             if fname not in self._codes or fname == self.length_field:
@@ -179,8 +191,21 @@ class HeaderSpec:
         wire = values[self.length_index]
         assert isinstance(wire, int)
         if wire < self.length_offset:
-            return f"{self.name}: length {wire} is shorter than the length adjustment"
+            return (
+                f"{self.name}: length field {self.length_field!r} is {wire}, less than the "
+                f"{self.length_offset} it adds to every payload (length_adjustment)"
+            )
         return None
+
+    def _raise_too_short(self, length: int) -> bytes:
+        raise self._too_short(length)
+
+    def _too_short(self, length: int) -> PayloadTooShort:
+        return PayloadTooShort(
+            f"{self.name}: a {length}-byte payload is shorter than the length adjustment allows: "
+            f"length field {self.length_field!r} would be {length + self.length_offset} "
+            f"(at least {self.min_payload} bytes of payload)"
+        )
 
     def check_start(self, start: bytes) -> str | None:
         """Say why the first bytes of a header cannot be valid, or ``None`` if they can.
@@ -201,7 +226,9 @@ class HeaderSpec:
         """Build ``pack_frame_header(kind, id, payload_length)``, the hot-path encoder.
 
         Constants are bound once; kind and id are ignored when the header has none.
-        The caller checks ``payload_length <= max_payload``.
+        The caller checks ``payload_length <= max_payload``; a payload under
+        :attr:`min_payload` raises :class:`PayloadTooShort` (only a header with a
+        negative adjustment pays for that check).
         """
         args: list[str] = []
         env: dict[str, object] = {"_pack": self.struct.pack}
@@ -216,6 +243,9 @@ class HeaderSpec:
                 env[f"_c{i}"] = self._defaults[i]
                 args.append(f"_c{i}")
         src = f"lambda kind, id, n: _pack({', '.join(args)})"
+        if self.min_payload:
+            env["_min"], env["_short"] = self.min_payload, self._raise_too_short
+            src = f"lambda kind, id, n: _pack({', '.join(args)}) if n >= _min else _short(n)"
         packer: Callable[[int, int | None, int], bytes] = eval(src, env)  # noqa: S307 (our own names)
         return packer
 

@@ -176,6 +176,21 @@ class MalformedTests(SynchronousTestCase):
         self.assertEqual(d.feed(b"S"), [])
         self.assertEqual(summary(d.feed(b"X")), [("malformed",)])
 
+    def test_length_field_under_the_adjustment_names_the_field(self) -> None:
+        """A length field smaller than what a positive adjustment adds cannot be valid."""
+        spec = HeaderSpec("pos", "length:I", length_adjustment=4)
+        for wire in (0, 3):
+            events = FrameDecoder(spec).feed(wire.to_bytes(4, "big") + b"abc")
+            self.assertEqual(summary(events), [("malformed",)])
+            assert isinstance(events[0], Malformed)
+            self.assertIn("length field 'length'", events[0].reason)
+        self.assertEqual(summary(FrameDecoder(spec).feed(b"\0\0\0\x04")), [("frame", None, None, b"")])
+
+    def test_negative_adjustment_decodes_every_length_field(self) -> None:
+        spec = HeaderSpec("neg", "length:I", length_adjustment=-4)
+        events = FrameDecoder(spec).feed(b"\0\0\0\x01abcde")
+        self.assertEqual(summary(events), [("frame", None, None, b"abcde")])
+
 
 class PayloadModeTests(SynchronousTestCase):
     """``frame_type=bytes``: a bare length prefix's frames as their payloads."""

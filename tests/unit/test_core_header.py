@@ -11,6 +11,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from sockproto.core import INT16, INT32, INT32LE, PRESETS, SPF1, HeaderSpec, PayloadTooLarge, SpecError
+from sockproto.core.header import PayloadTooShort
 
 CORE = Path(__file__).resolve().parents[2] / "sockproto" / "core"
 
@@ -148,3 +149,30 @@ class CustomSpecTests(SynchronousTestCase):
         self.assertRaises(ValueError, SPF1.pack_header, 1, nope=1)
         self.assertRaises(ValueError, SPF1.pack_header, 1, length=1)
         self.assertRaises(ValueError, SPF1.pack_header, 1, magic=b"X")
+
+
+class LengthAdjustmentBoundsTests(SynchronousTestCase):
+    """A negative adjustment sets a shortest payload; a positive one a smallest length field (issue 12)."""
+
+    def test_payload_shorter_than_a_negative_adjustment(self) -> None:
+        spec = HeaderSpec("neg", "length:I", length_adjustment=-4)
+        self.assertEqual(spec.min_payload, 4)
+        for encode in (lambda: spec.encode(b"ab"), lambda: spec.pack_frame_header(0, None, 2)):
+            error = self.assertRaises(PayloadTooShort, encode)
+            self.assertIsInstance(error, ValueError)
+            self.assertIn("'length'", str(error))
+            self.assertIn("would be -2", str(error))
+        self.assertEqual(spec.encode(b"abcd"), b"\0\0\0\0abcd")
+        self.assertEqual(spec.pack_frame_header(0, None, 6), b"\0\0\0\x02")
+
+    def test_every_negative_adjustment(self) -> None:
+        for adjustment in (-1, -2, -12, -100):
+            spec = HeaderSpec("neg", "length:I", length_adjustment=adjustment)
+            shortest = -adjustment
+            self.assertEqual(len(spec.encode(b"x" * shortest)), 4 + shortest)
+            self.assertRaises(PayloadTooShort, spec.encode, b"x" * (shortest - 1))
+
+    def test_no_adjustment_no_minimum(self) -> None:
+        for spec in (SPF1, INT32, HeaderSpec("pos", "length:I", length_adjustment=4)):
+            self.assertEqual(spec.min_payload, 0)
+            self.assertEqual(spec.encode(b""), spec.pack_header(0))

@@ -11,11 +11,12 @@ from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from sockproto.core import INT32, ErrorCode, Kind, decode_error
+from sockproto.core import INT32, ErrorCode, HeaderSpec, Kind, decode_error
 from sockproto.frame.protocol import FrameServerProtocol
 from sockproto.frame.refusal import LINGER, MAX_LINGERING, FrameRefusal, Lingering
 from sockproto.frame.server import FrameServerFactory
 from sockproto.handlers import echo
+from sockproto.testing import frame_exchange, frame_pair
 from sockproto.testing.memory import connect_protocols
 
 from .stream_peers import Peer, Wire, request
@@ -382,3 +383,27 @@ class DrainTests(Case):
         self.assertTrue(wire.reset)
         self.successResultOf(drained)
         self.assertEqual(factory.metrics.abandoned, 1)
+
+
+class NegativeAdjustmentTests(SynchronousTestCase):
+    """An answer shorter than a negative length adjustment allows cannot be framed (issue 12)."""
+
+    SPEC = HeaderSpec("neg", "length:I", length_adjustment=-4)
+
+    def test_short_answer_closes_instead_of_crashing(self) -> None:
+        pair = frame_pair(lambda request: b"ab", header=self.SPEC)
+        answer = pair.request(b"long enough")
+        self.failureResultOf(answer)  # no error channel: the connection closes
+        self.assertTrue(pair.server.transport.disconnecting)  # type: ignore[union-attr]
+        self.assertEqual(pair.server.metrics.errors[ErrorCode.TOO_LARGE], 1)
+
+    def test_long_enough_answer(self) -> None:
+        pair = frame_pair(lambda request: request.payload, header=self.SPEC)
+        self.assertEqual(self.successResultOf(pair.request(b"four or more")), b"four or more")
+
+    def test_short_spf1_like_answer_gets_error_2(self) -> None:
+        spec = HeaderSpec(
+            "kinded", "magic:2s kind:B id:I length:I", constants={"magic": b"KD"}, length_adjustment=-1
+        )
+        events = frame_exchange(lambda request: b"", spec.encode(b"xyz", kind=1, id=7), header=spec)
+        self.assertEqual([(e.kind, e.id) for e in events], [(3, 7)])
