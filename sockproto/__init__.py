@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "INT32LE": "sockproto.core.header",
     "PRESETS": "sockproto.core.header",
     "PayloadTooLarge": "sockproto.core.header",
+    "PayloadTooShort": "sockproto.core.header",
     "FrameDecoder": "sockproto.core.decoder",
     "Frame": "sockproto.core.decoder",
     "Kind": "sockproto.core.spf1",
@@ -104,6 +105,7 @@ __all__ = [
     "NoEndpointAvailable",
     "PRESETS",
     "PayloadTooLarge",
+    "PayloadTooShort",
     "PoolClosed",
     "PoolError",
     "PortUnreachable",
@@ -128,7 +130,16 @@ __all__ = [
 if TYPE_CHECKING:
     from .core.datagram import MAX_UDP_PAYLOAD, DropReason
     from .core.decoder import Frame, FrameDecoder
-    from .core.header import INT16, INT32, INT32LE, PRESETS, SPF1, HeaderSpec, PayloadTooLarge
+    from .core.header import (
+        INT16,
+        INT32,
+        INT32LE,
+        PRESETS,
+        SPF1,
+        HeaderSpec,
+        PayloadTooLarge,
+        PayloadTooShort,
+    )
     from .core.spf1 import ErrorCode, Kind
     from .datagram.client import DatagramClientProtocol, PortUnreachable, connect_datagram
     from .datagram.endpoints import (

@@ -14,7 +14,18 @@ from .decoder import (
     Oversized,
     UnexpectedKind,
 )
-from .header import INT16, INT32, INT32LE, PRESETS, SPF1, FieldValue, HeaderSpec, PayloadTooLarge, SpecError
+from .header import (
+    INT16,
+    INT32,
+    INT32LE,
+    PRESETS,
+    SPF1,
+    FieldValue,
+    HeaderSpec,
+    PayloadTooLarge,
+    PayloadTooShort,
+    SpecError,
+)
 from .spf1 import MAX_ERROR_MESSAGE, ErrorCode, Kind, decode_error, encode_error
 from .units import parse_duration, parse_size
 
@@ -37,6 +48,7 @@ __all__ = [
     "Malformed",
     "Oversized",
     "PayloadTooLarge",
+    "PayloadTooShort",
     "SpecError",
     "UnexpectedKind",
     "decode_error",

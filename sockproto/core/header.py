@@ -111,6 +111,7 @@ class HeaderSpec:
         self.id_index: Final = names.index("id") if "id" in codes else -1
         #: wire length = payload length + this offset
         self.length_offset: Final = length_adjustment + (self.size if length_includes_header else 0)
+        self._adjustment = length_adjustment
         wire_max = _int_range(codes[length])[1]
         #: the longest payload the length field can announce
         self.max_payload: Final = wire_max - self.length_offset
@@ -193,7 +194,8 @@ class HeaderSpec:
         if wire < self.length_offset:
             return (
                 f"{self.name}: length field {self.length_field!r} is {wire}, less than the "
-                f"{self.length_offset} it adds to every payload (length_adjustment)"
+                f"{self.length_offset} it adds to every payload (length_adjustment"
+                f"{' and the header it includes' if self.length_offset != self._adjustment else ''})"
             )
         return None
 

@@ -4,7 +4,8 @@ The test cases of :mod:`twisted.protocols.test.test_basic` take the protocol und
 test from their ``protocol`` attribute: each subclass below points it at the drop-in
 (mixed with Twisted's ``TestMixin``, which records strings as Twisted's
 ``TestInt32`` does) and inherits every test unchanged, once as shipped and once with
-every partial string in the decoder.  The module, not its classes, is imported, so no
+every string straddling reads on the long-string path (joined once, never to the
+next read).  The module, not its classes, is imported, so no
 runner collects Twisted's originals from here.  One inherited test,
 ``test_stringReceivedNotImplemented``, instantiates Twisted's base class itself:
 ``DropInTests`` has its counterpart for ours.
@@ -55,7 +56,7 @@ class TwistedInt8Tests(test_basic.Int8Tests):  # type: ignore[misc]
 
 
 class DecoderInt32(CompatInt32):
-    """Every string straddling reads goes to the decoder, none is joined."""
+    """Every string straddling reads takes the long-string path: none is joined to a read."""
 
     _join_limit = 0
 
@@ -69,7 +70,7 @@ class DecoderInt8(CompatInt8):
 
 
 class TwistedInt32DecoderTests(test_basic.Int32Tests):  # type: ignore[misc]
-    """Twisted's ``Int32Tests`` again, with the decoder holding every partial string."""
+    """Twisted's ``Int32Tests`` again, every partial string on the long-string path."""
 
     protocol = DecoderInt32
 
@@ -84,7 +85,7 @@ class TwistedInt8DecoderTests(test_basic.Int8Tests):  # type: ignore[misc]
 
 class DropInTests(SynchronousTestCase):
     def test_not_twisted_class(self) -> None:
-        """The drop-ins are built on sockproto's decoder, not on Twisted's class."""
+        """The drop-ins have their own receive loop, not Twisted's class."""
         for cls in (compat.Int32StringReceiver, compat.Int16StringReceiver, compat.Int8StringReceiver):
             self.assertFalse(issubclass(cls, basic.IntNStringReceiver))
         self.assertEqual(

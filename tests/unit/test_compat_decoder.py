@@ -1,4 +1,4 @@
-"""FrameDecoder.needed and FrameDecoder.unconsumed(), added for sockproto.compat."""
+"""FrameDecoder.needed and FrameDecoder.unconsumed(): a stream handed over frame by frame."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class NeededTests(SynchronousTestCase):
         self.assertEqual((s.needed, s.unconsumed()), (3, b""))
 
     def test_unconsumed_restarts_another_decoder(self) -> None:
-        """What compat does when MAX_LENGTH changes: hand the held bytes over."""
+        """A new limit mid-stream: the held bytes are handed to another decoder."""
         stream = INT32.encode(b"a" * 100) + INT32.encode(b"b")
         old = FrameDecoder(INT32)
         old.feed(stream[:60])

@@ -42,7 +42,7 @@ def scripted(
 ) -> Any:
     class Scripted(base):  # type: ignore[misc,valid-type]
         MAX_LENGTH = 50
-        _join_limit = join_limit  # 0: every string straddling reads goes to the decoder
+        _join_limit = join_limit  # 0: every string straddling reads takes the long-string path
 
         def stringReceived(self, string: bytes) -> None:
             log.append(("string", string))

@@ -27,7 +27,7 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(p.recvd, msg(b"four") + msg(b"x"))
 
     def test_max_length_raised_by_a_callback_for_the_partial_last_string(self) -> None:
-        for join_limit in (0, 16 * 1024):  # the partial string decoded, or joined
+        for join_limit in (0, 16 * 1024):  # the partial string on the long-string path, or joined
             p = Recorder()
             p.MAX_LENGTH = 10
             p._join_limit = join_limit
@@ -54,7 +54,7 @@ class SettingsTests(SynchronousTestCase):
 
     def test_max_length_lowered_while_a_string_is_held(self) -> None:
         """As in Twisted's class, the held prefix is checked again on the next read."""
-        for join_limit in (0, 16 * 1024):  # the string in the decoder, or joined
+        for join_limit in (0, 16 * 1024):  # the string on the long-string path, or joined
             p = Recorder()
             p._join_limit = join_limit
             connect(p)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import subprocess
-import sys
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -45,10 +43,3 @@ class PublicNamesTests(SynchronousTestCase):
 
     def test_unknown_name(self) -> None:
         self.assertRaises(AttributeError, getattr, sockproto, "NoSuchName")
-
-    def test_importing_the_package_imports_no_twisted(self) -> None:
-        code = (
-            "import sys, sockproto, sockproto.core; print(any(m.startswith('twisted') for m in sys.modules))"
-        )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        self.assertEqual(out.stdout.strip(), "False")
