@@ -51,11 +51,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
 
 from ..core.datagram import MAX_UDP_PAYLOAD, MODES, Mode
+from ..core.datagram_cache import DEFAULT_CACHE_AGE, DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES
 from ..core.datagram_guard import DEFAULT_AMPLIFICATION, DEFAULT_TRUSTED, SourceRateLimit, SourceVerifier
 from ..handlers import Handler
 from ..serving.logs import LogLimiter
 from ..serving.settings import Setting
-from ..core.datagram_cache import DEFAULT_CACHE_AGE, DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES
 from .protocol import DatagramServerProtocol
 from .settings import DEFAULT_MAX_PENDING, DatagramSettings, DatagramShared
 from .stats import DatagramStats
