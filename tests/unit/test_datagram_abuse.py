@@ -10,10 +10,10 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from sockproto.core.datagram import CLIENT_KINDS, DropReason, encode_datagram, parse_datagram
+from sockproto.core.datagram_guard import SourceRateLimit, SourceVerifier
 from sockproto.core.decoder import Frame
 from sockproto.core.spf1 import ErrorCode, Kind, decode_error
 from sockproto.datagram.client import DatagramClientProtocol
-from sockproto.core.datagram_guard import SourceRateLimit, SourceVerifier
 from sockproto.datagram.protocol import DatagramServerProtocol
 from sockproto.datagram.server import DatagramServerFactory
 from sockproto.testing.datagram import FakeDatagramTransport
