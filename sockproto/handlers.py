@@ -15,8 +15,9 @@ from typing import Any, Final, TypeAlias
 from twisted.internet.defer import Deferred
 
 from .request import Request
+from .serving.streaming import StreamingRequest, offer_streaming_form
 
-__all__ = ["BUILTINS", "Answer", "Handler", "echo", "peer", "resolve_handler", "sha256"]
+__all__ = ["BUILTINS", "Answer", "Handler", "echo", "peer", "resolve_handler", "sha256", "sha256_stream"]
 
 Answer: TypeAlias = "bytes | Deferred[bytes] | Coroutine[Any, Any, bytes]"
 """What a handler may return."""
@@ -33,6 +34,22 @@ def echo(request: Request) -> bytes:
 def sha256(request: Request) -> bytes:
     """Answer the hex SHA-256 digest of the payload, then a newline."""
     return hashlib.sha256(request.payload).hexdigest().encode("ascii") + b"\n"
+
+
+async def sha256_stream(request: StreamingRequest) -> bytes:
+    """:func:`sha256`, streaming: the digest of the body taken chunk by chunk, in bounded memory.
+
+    The half-close service uses it for ``--handler sha256`` (see
+    :func:`~sockproto.serving.streaming.streaming_form`); the answer is the same.
+    """
+    digest = hashlib.sha256()
+    update = digest.update
+    async for chunk in request.body:
+        update(chunk)
+    return digest.hexdigest().encode("ascii") + b"\n"
+
+
+offer_streaming_form(sha256, sha256_stream)
 
 
 def peer(request: Request) -> bytes:

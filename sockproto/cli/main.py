@@ -32,6 +32,7 @@ from .bench import BenchResult, LoadGenerator, Progress, session_opener
 from .commands import Call, Streams, run_datagram, run_frame, run_halfclose, run_ping
 from .endpoints import client_endpoint, proxy_v2_header
 from .errors import CommandError, Status, describe
+from .halfclose_stream import open_source, run_halfclose_stream, streams_source
 
 __all__ = ["UsageError", "build_parser", "main", "prepare", "read_payload"]
 
@@ -180,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     halfclose = commands.add_parser(
-        "halfclose", help="send one request per connection, ended by a half-close", description=stdin_note
+        "halfclose",
+        help="send one request per connection, ended by a half-close",
+        description=stdin_note + " --file and standard input are streamed (sent as read, never held whole)"
+        " unless --count is over 1; the answer is written as it arrives.",
     )
     _add_request_options(halfclose)
     _add_proxy_option(halfclose)
@@ -307,6 +311,9 @@ def prepare(args: argparse.Namespace, reactor: Any, stdin: BinaryIO, streams: St
         if call.pool:
             raise ValueError("--proxy-v2: not with --endpoint or --connections (one connection only)")
         call.proxy_header = proxy_v2_header(args.proxy_v2, args.endpoint)
+    if streams_source(args):  # stdin or --file, sent as it is read (sockproto.cli.halfclose_stream)
+        source = open_source(args, stdin)
+        return lambda r: run_halfclose_stream(r, call, source, streams, close=source is not stdin)
     call.payload = read_payload(args, stdin, limit)
     call.count = args.count
     run = {"frame": run_frame, "datagram": run_datagram, "halfclose": run_halfclose, "ping": run_ping}[

@@ -9,7 +9,7 @@ import math
 import re
 from typing import Final
 
-__all__ = ["parse_duration", "parse_size"]
+__all__ = ["parse_duration", "parse_size", "parse_size_or_none"]
 
 _UNITS: Final = {
     "": 1,
@@ -40,6 +40,19 @@ def parse_size(text: str) -> int:
     if match is None or unit not in _UNITS:
         raise ValueError(f"expected a size like 65536, 64KiB or 16MiB, got {text!r}")
     return int(match.group(1)) * _UNITS[unit]
+
+
+def parse_size_or_none(text: str) -> int | None:
+    """:func:`parse_size`, or ``None`` (no limit) for ``none`` (any case).
+
+    :raises ValueError: with a message saying what is accepted.
+    """
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise ValueError(f"expected a size like 65536, 64KiB or 16MiB, or none, got {text!r}") from None
 
 
 def parse_duration(text: str) -> float:

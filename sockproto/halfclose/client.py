@@ -10,9 +10,10 @@ fails with :class:`ServerReset`, never with an empty answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.error import ConnectingCancelledError, ConnectionDone
 from twisted.internet.interfaces import (
@@ -25,6 +26,8 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from .sending import Body, send_body
 
 __all__ = [
     "DEFAULT_MAX_ANSWER",
@@ -90,13 +93,16 @@ class HalfCloseClientProtocol(Protocol):
     server's FIN is the end of the answer (:meth:`readConnectionLost`), while a reset
     is a failure.
 
-    :param request: the bytes to send.
+    :param request: the bytes to send, or a binary file or async iterator of chunks,
+        sent chunk by chunk with the transport's backpressure (:mod:`~sockproto.halfclose.sending`).
     :param max_answer: the connection is dropped and :attr:`answer` fails with
         :class:`AnswerTooLarge` once the answer passes this many bytes; ``None``
         accepts any size.
     :param proxy_header: bytes sent before the request: a PROXY protocol header
         (:func:`~sockproto.core.proxy_encode.encode_v2`) for a server listening on
         ``proxy:``, as a load balancer would send it.
+    :param on_data: called with each chunk of the answer as it arrives, instead of
+        collecting it: :attr:`answer` then fires with ``b""``.
 
     :ivar answer: fires with the whole answer, or fails (:class:`ServerReset`,
         :class:`AnswerTooLarge`, :class:`HalfCloseUnsupported`).  Cancelling it
@@ -104,9 +110,16 @@ class HalfCloseClientProtocol(Protocol):
     """
 
     def __init__(
-        self, request: bytes, *, max_answer: int | None = DEFAULT_MAX_ANSWER, proxy_header: bytes = b""
+        self,
+        request: Body,
+        *,
+        max_answer: int | None = DEFAULT_MAX_ANSWER,
+        proxy_header: bytes = b"",
+        on_data: Callable[[bytes], object] | None = None,
     ) -> None:
         self.request = request
+        self.on_data = on_data
+        self._sending: Deferred[None] | None = None
         self.proxy_header = proxy_header
         self.max_answer = max_answer
         self.answer: Deferred[bytes] = Deferred(self._cancel)
@@ -128,8 +141,12 @@ class HalfCloseClientProtocol(Protocol):
             return
         if self.proxy_header:
             transport.write(self.proxy_header)
-        transport.write(self.request)
-        transport.loseWriteConnection()
+        if isinstance(self.request, bytes):
+            transport.write(self.request)
+            transport.loseWriteConnection()
+            return
+        sending = self._sending = send_body(transport, self.request)
+        sending.addCallbacks(lambda _: transport.loseWriteConnection(), self._send_failed)
 
     def dataReceived(self, data: bytes) -> None:
         if self.answer.called:
@@ -138,9 +155,15 @@ class HalfCloseClientProtocol(Protocol):
         if self.max_answer is not None and self._received > self.max_answer:
             self._fail(AnswerTooLarge(f"the answer passed the {self.max_answer}-byte limit"))
             return
+        if self.on_data is not None:
+            self.on_data(data)
+            return
         self._chunks.append(data)
 
     def connectionLost(self, reason: Failure = _LOST) -> None:
+        sending, self._sending = self._sending, None
+        if sending is not None and not sending.called:
+            sending.cancel()  # paused forever otherwise: the transport is gone
         if self.answer.called:
             return
         if reason.check(ConnectionDone):
@@ -174,6 +197,13 @@ class HalfCloseClientProtocol(Protocol):
 
     # -- internals --------------------------------------------------------------------
 
+    def _send_failed(self, failure: Failure) -> None:
+        """Reading the body failed (or sending was cancelled): abort, the server gets no request."""
+        if not self.answer.called and not failure.check(CancelledError):
+            self._fail(
+                failure.value if isinstance(failure.value, Exception) else HalfCloseError(str(failure))
+            )
+
     def _fail(self, error: Exception) -> None:
         self._chunks = []
         self.answer.errback(error)
@@ -189,12 +219,13 @@ class HalfCloseClientProtocol(Protocol):
 
 def halfclose_request(
     endpoint: str | IStreamClientEndpoint,
-    request: bytes,
+    request: Body,
     *,
     timeout: float | None = DEFAULT_TIMEOUT,
     max_answer: int | None = DEFAULT_MAX_ANSWER,
     reactor: Any = None,
     proxy_header: bytes = b"",
+    on_data: Callable[[bytes], object] | None = None,
 ) -> Deferred[bytes]:
     """Send ``request`` to a half-close server; the Deferred fires with the whole answer.
 
@@ -212,6 +243,10 @@ def halfclose_request(
     :param reactor: the reactor (the global one by default).
     :param proxy_header: a PROXY protocol header sent before ``request`` (for a server
         listening on ``proxy:``; see :func:`~sockproto.core.proxy_encode.encode_v2`).
+    :param request: bytes, or a binary file (``open(path, "rb")``, ``sys.stdin.buffer``)
+        or an async iterator of ``bytes`` chunks: sent as it is read, never whole in memory.
+    :param on_data: called with each chunk of the answer as it arrives (the Deferred
+        then fires with ``b""``); ``None``: the answer is collected and fired whole.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -219,7 +254,9 @@ def halfclose_request(
         reactor = default_reactor
     if isinstance(endpoint, str):
         endpoint = clientFromString(reactor, endpoint)
-    proto = HalfCloseClientProtocol(request, max_answer=max_answer, proxy_header=proxy_header)
+    proto = HalfCloseClientProtocol(
+        request, max_answer=max_answer, proxy_header=proxy_header, on_data=on_data
+    )
     connected: Deferred[HalfCloseClientProtocol] = connectProtocol(endpoint, proto)
     answer: Deferred[bytes] = connected.addCallback(lambda p: p.answer)
     if timeout is not None:

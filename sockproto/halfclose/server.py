@@ -51,6 +51,7 @@ from ..serving.metrics import ServiceMetrics
 from ..serving.proxy import ProxyHeader, ProxySettings
 from ..serving.settings import Setting, StreamSettings
 from ..serving.stream import StreamServerFactory, StreamServerProtocol
+from ..serving.streaming import is_streaming
 from .settings import DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_REQUEST, DEFAULT_REQUEST_TIMEOUT, HalfCloseSettings
 
 __all__ = [
@@ -169,7 +170,7 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         self._init_connection()
 
     def _init_connection(self) -> None:
-        self.exchange = HalfCloseRequest(self.settings.max_request)
+        self.exchange = HalfCloseRequest(self.settings.max_request)  # type: ignore[arg-type]  # None: streaming only
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> HalfCloseServerProtocol:
@@ -182,8 +183,8 @@ class HalfCloseServerProtocol(StreamServerProtocol):
     # -- the settings, by their usual names -------------------------------------------
 
     @property
-    def max_request(self) -> int:
-        """The largest request accepted, in bytes."""
+    def max_request(self) -> int | None:
+        """The largest request accepted, in bytes (``None``: no limit, streaming handlers only)."""
         return self.settings.max_request
 
     @property
@@ -402,7 +403,8 @@ class HalfCloseServerFactory(StreamServerFactory):
     """Build :class:`HalfCloseServerProtocol` instances sharing one configuration and counters.
 
     :param handler: see :mod:`sockproto.handlers`.
-    :param max_request: the largest request accepted, in bytes.
+    :param max_request: the largest request accepted, in bytes; ``None`` (no limit) only
+        for a streaming handler.
     :param request_timeout: seconds a client has, from connecting, to send its whole
         request; ``None`` for no limit.
     :param max_connections: connections served at once; a new connection over it is
@@ -428,7 +430,7 @@ class HalfCloseServerFactory(StreamServerFactory):
     kind = "halfclose"
     settings: HalfCloseSettings
 
-    max_request: Setting[int] = Setting()
+    max_request: Setting[int | None] = Setting()
     request_timeout: Setting[float | None] = Setting()
     proxy: Setting[ProxySettings | None] = Setting()
 
@@ -436,7 +438,7 @@ class HalfCloseServerFactory(StreamServerFactory):
         self,
         handler: Handler,
         *,
-        max_request: int = DEFAULT_MAX_REQUEST,
+        max_request: int | None = DEFAULT_MAX_REQUEST,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         max_connections: int | None = None,
         handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
@@ -453,6 +455,10 @@ class HalfCloseServerFactory(StreamServerFactory):
             request_timeout=request_timeout,
             proxy=proxy,
         )
+        if is_streaming(handler):  # the handler takes the body in chunks (sockproto.serving.streaming)
+            from .streaming import HalfCloseStreamingProtocol
+
+            self.protocol = HalfCloseStreamingProtocol
 
     def refusal(self, addr: IAddress | None) -> Protocol:
         """Return the protocol that resets one refused connection."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..serving.answering import PendingWork
 from ..serving.proxy import ProxySettings
 from ..serving.settings import StreamSettings, check_timeout
+from ..serving.streaming import is_streaming
 
 __all__ = [
     "DEFAULT_HANDLER_TIMEOUT",
@@ -29,7 +30,8 @@ DEFAULT_HANDLER_TIMEOUT = 30.0
 class HalfCloseSettings(StreamSettings):
     """A half-close service's settings, validated once.
 
-    :ivar max_request: the largest request accepted, in bytes (``>= 0``).
+    :ivar max_request: the largest request accepted, in bytes (``>= 0``); ``None``: no
+        limit, for a streaming handler only (:func:`~sockproto.serving.streaming.streaming`).
     :ivar request_timeout: seconds from connecting until the client's half-close;
         ``None``: no limit.
     :ivar pending: the service's handler calls still running (shared by its connections).
@@ -37,13 +39,16 @@ class HalfCloseSettings(StreamSettings):
         :class:`~sockproto.serving.proxy.ProxySettings`); ``None``: none does.
     """
 
-    max_request: int = DEFAULT_MAX_REQUEST
+    max_request: int | None = DEFAULT_MAX_REQUEST
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     pending: PendingWork = field(default_factory=PendingWork, repr=False)
     proxy: ProxySettings | None = None
 
     def __post_init__(self) -> None:
-        if self.max_request < 0:
+        if self.max_request is None:
+            if not is_streaming(self.handler):
+                raise ValueError("max_request None (no limit) needs a streaming handler")
+        elif self.max_request < 0:
             raise ValueError(f"max_request must be >= 0, not {self.max_request}")
         check_timeout("request_timeout", self.request_timeout)
         super(HalfCloseSettings, self).__post_init__()

@@ -10,6 +10,7 @@ One module per rule, between the sans-IO core and the services (``frame``,
 - :mod:`~sockproto.serving.timers`: one reactor call for every connection's timeout;
 - :mod:`~sockproto.serving.writing`: answers sent at once when the socket takes them;
 - :mod:`~sockproto.serving.threads`: handlers run in a thread pool;
+- :mod:`~sockproto.serving.streaming`: streaming handlers (the body in chunks, with backpressure);
 - :mod:`~sockproto.serving.logs`, :mod:`~sockproto.serving.metrics`,
   :mod:`~sockproto.serving.prometheus`: what a service says about itself;
 - :mod:`~sockproto.serving.service`: a twistd service with a graceful stop.

@@ -48,11 +48,16 @@ class ServiceMetrics:
     :ivar bytes_out: bytes sent.
     :ivar in_flight: handlers running now, whose answer is awaited (a gauge).
     :ivar cache_hits: retransmissions answered from the reply cache (datagram).
+    :ivar reads_paused: times a streaming handler's body buffer filled and reading paused
+        (half-close streaming: the client's sends block until the handler catches up).
+    :ivar answers_paused: times a slow client paused a streamed answer (its transport's
+        buffer was full).
     """
 
     __slots__ = (
         "abandoned",
         "answers",
+        "answers_paused",
         "bytes_in",
         "bytes_out",
         "cache_hits",
@@ -62,6 +67,7 @@ class ServiceMetrics:
         "errors",
         "in_flight",
         "pings",
+        "reads_paused",
         "requests",
         "service",
     )
@@ -80,6 +86,8 @@ class ServiceMetrics:
         self.bytes_out = 0
         self.in_flight = 0
         self.cache_hits = 0
+        self.reads_paused = 0
+        self.answers_paused = 0
 
     def error(self, code: ErrorCode) -> None:
         """Count one error answered (or standing for one) with ``code``."""
@@ -100,6 +108,8 @@ class ServiceMetrics:
             "bytes_out": self.bytes_out,
             "in_flight": self.in_flight,
             "cache_hits": self.cache_hits,
+            "reads_paused": self.reads_paused,
+            "answers_paused": self.answers_paused,
         }
         counts.update((f"errors_{code.name.lower()}", n) for code, n in self.errors.items())
         return counts

@@ -59,6 +59,8 @@ _COUNTERS = (
     ("received_bytes", "bytes_in", "Bytes received."),
     ("sent_bytes", "bytes_out", "Bytes sent."),
     ("reply_cache_hits", "cache_hits", "Retransmissions answered from the reply cache."),
+    ("reads_paused", "reads_paused", "Times a streaming handler's full body buffer paused reading."),
+    ("answers_paused", "answers_paused", "Times a slow client paused a streamed answer."),
 )
 _GAUGES = (
     ("connections_open", "connections_open", "Stream connections open now."),

@@ -8,8 +8,10 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.python import usage
 
+from ..core.units import parse_size_or_none
 from ..halfclose.server import DEFAULT_MAX_REQUEST, DEFAULT_REQUEST_TIMEOUT, HalfCloseServerFactory
-from .options import StreamServiceOptions, parse_duration, parse_size, plugin_service, server_service
+from ..serving.streaming import is_streaming, streaming_form
+from .options import StreamServiceOptions, parse_duration, plugin_service, server_service
 
 __all__ = ["DEFAULT_LISTEN", "PROXY_TYPES", "TLS_TYPES", "Options", "build", "makeService"]
 
@@ -43,7 +45,8 @@ class Options(StreamServiceOptions):
             "max-request",
             None,
             f"{DEFAULT_MAX_REQUEST // 1024 // 1024}MiB",
-            "the largest request accepted; more resets the connection (65536, 64KiB, 1MiB...)",
+            "the largest request accepted; more resets the connection (65536, 64KiB, 1MiB...); "
+            "none: no limit, for a streaming handler (sha256 streams)",
         ],
         [
             "request-timeout",
@@ -55,7 +58,13 @@ class Options(StreamServiceOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
-        self.convert("max-request", parse_size)
+        self.convert("max-request", parse_size_or_none)
+        streams = not self["threads"] and is_streaming(streaming_form(self["handler"]))
+        if self["max-request"] is None and not streams:
+            raise usage.UsageError(
+                "--max-request none: only for a streaming handler (sha256, or one marked with "
+                "sockproto.serving.streaming.streaming), without --threads: any other holds the whole request"
+            )
         self.convert("request-timeout", parse_duration)
 
     def server_endpoint(self, text: str) -> Any:
@@ -90,6 +99,8 @@ def makeService(options: Options) -> IService:
 def build(options: Options) -> IService:
     """Build the half-close service serving in this process."""
     handler, threads = options.handler()
+    if threads is None:
+        handler = streaming_form(handler)  # sha256 takes the body in chunks: bounded memory
     factory = HalfCloseServerFactory(
         handler,
         max_request=options["max-request"],

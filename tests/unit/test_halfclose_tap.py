@@ -9,7 +9,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from sockproto.halfclose.server import HalfCloseServerFactory
-from sockproto.handlers import echo, sha256
+from sockproto.handlers import echo, sha256, sha256_stream
 from sockproto.serving.service import ListeningService
 from sockproto.tap import combined, halfclose
 
@@ -94,7 +94,7 @@ class ServiceTests(SynchronousTestCase):
         [factory] = factories  # one factory, one configuration, for every endpoint
         self.assertIsInstance(factory, HalfCloseServerFactory)
         assert isinstance(factory, HalfCloseServerFactory)
-        self.assertIs(factory.handler, sha256)
+        self.assertIs(factory.handler, sha256_stream)  # its streaming form: the body in bounded memory
         self.assertEqual((factory.max_request, factory.request_timeout), (1000, 2.5))
 
     def test_in_the_combined_tap(self) -> None:

@@ -1,0 +1,58 @@
+"""Send a half-close request body from a file or an async iterator, with backpressure.
+
+The client (:class:`~sockproto.halfclose.client.HalfCloseClientProtocol`) uses
+:func:`send_body` for any request that is not ``bytes``: the body is read one chunk
+at a time, and the next chunk only once the transport has sent the previous ones
+(it is a streaming producer on the transport), so a 2 GiB file goes out in bounded
+memory, as fast as the server takes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from typing import Any, BinaryIO, TypeAlias
+
+from twisted.internet.defer import Deferred
+
+from ..serving.answering import as_answer
+from ..serving.streaming import AnswerWriter
+
+__all__ = ["CHUNK_SIZE", "Body", "send_body"]
+
+CHUNK_SIZE = 256 * 1024
+"""Bytes read from a file per chunk."""
+
+Body: TypeAlias = "bytes | BinaryIO | AsyncIterable[bytes]"
+"""What a half-close client sends: bytes, a binary file (read in chunks), or an async iterator of chunks."""
+
+
+def send_body(transport: Any, body: BinaryIO | AsyncIterable[bytes]) -> Deferred[None]:
+    """Write ``body`` to ``transport`` chunk by chunk; fire once all of it was handed to the transport.
+
+    A file is read with ``read1`` (``read`` if it has none) in the reactor thread: a
+    regular file, or a pipe such as standard input, not a slow device.
+    Cancelling the Deferred stops sending.
+    """
+    return Deferred.fromCoroutine(_send(transport, body))
+
+
+async def _send(transport: Any, body: BinaryIO | AsyncIterable[bytes]) -> None:
+    writer = AnswerWriter(transport, _nothing)
+    try:
+        if isinstance(body, AsyncIterable):
+            async for chunk in body:
+                resumed = writer.write(as_answer(chunk))
+                if resumed is not None:
+                    await resumed
+        else:
+            read = getattr(body, "read1", None) or body.read
+            while chunk := read(CHUNK_SIZE):
+                resumed = writer.write(chunk)
+                if resumed is not None:
+                    await resumed
+    finally:
+        writer.done()
+
+
+def _nothing() -> None:
+    """A paused upload is not counted anywhere."""
