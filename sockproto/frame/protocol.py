@@ -90,12 +90,9 @@ class FrameServerProtocol(StreamServerProtocol):
         proxy: ProxySettings | None = None,
     ) -> None:
         self.settings = FrameSettings(
+            **self.own_settings(clock, metrics, limiter),
             handler=handler,
-            metrics=metrics if metrics is not None else ServiceMetrics(self.kind),
-            limiter=limiter if limiter is not None else LogLimiter(clock),
             handler_timeout=handler_timeout,
-            clock=clock,
-            log=self._log,
             header=header,
             max_payload=max_payload,
             max_in_flight=max_in_flight,

@@ -157,12 +157,9 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         proxy: ProxySettings | None = None,
     ) -> None:
         self.settings = HalfCloseSettings(
+            **self.own_settings(clock, metrics, limiter),
             handler=handler,
-            metrics=metrics if metrics is not None else ServiceMetrics(self.kind),
-            limiter=limiter if limiter is not None else LogLimiter(clock),
             handler_timeout=handler_timeout,
-            clock=clock,
-            log=self._log,
             max_request=max_request,
             request_timeout=request_timeout,
             proxy=proxy,

@@ -80,6 +80,19 @@ class StreamServerProtocol(TimeoutMixin, Protocol, ProxyHeaderState):
     def _init_connection(self) -> None:
         """Set the state of one connection; subclasses with state of their own override it."""
 
+    @classmethod
+    def own_settings(
+        cls, clock: IReactorTime | None, metrics: ServiceMetrics | None, limiter: LogLimiter | None
+    ) -> dict[str, Any]:
+        """What a protocol built without a factory shares with nobody, as settings keywords:
+        its own counters and log limiter (unless given), its clock and its logger."""
+        return {
+            "metrics": metrics if metrics is not None else ServiceMetrics(cls.kind),
+            "limiter": limiter if limiter is not None else LogLimiter(clock),
+            "clock": clock,
+            "log": cls._log,
+        }
+
     # -- the settings, by their usual names -------------------------------------------
 
     @property
