@@ -36,6 +36,7 @@ __all__ = ["ConnectionState", "FrameCounters", "FrameServerConnection", "Later",
 
 _REQUEST, _RESPONSE, _ERROR, _PING, _PONG = (int(k) for k in Kind)
 _SERVED_KINDS: Final = frozenset((_REQUEST, _PING))
+_SHUTTING_DOWN: Final = "the server is shutting down"
 
 
 class ConnectionState(Enum):
@@ -116,6 +117,10 @@ class FrameServerConnection(Generic[R]):
     :param report: told what the caller may log (see :data:`Report`).
 
     :ivar state: the :class:`ConnectionState`.
+    :ivar refuse_pings: answer PINGs with ERROR 5 instead of PONG, closing the
+        connection after it when nothing is owed on it (requests are otherwise still
+        served): set during a shutdown's grace period, so that a load balancer's PING
+        health check marks the server down before it stops listening.
     """
 
     __slots__ = (
@@ -134,6 +139,7 @@ class FrameServerConnection(Generic[R]):
         "max_in_flight",
         "max_payload",
         "peer",
+        "refuse_pings",
         "report",
         "state",
     )
@@ -158,6 +164,7 @@ class FrameServerConnection(Generic[R]):
         self.peer = peer
         self.report = report
         self.state = _OPEN
+        self.refuse_pings = False
         self._frame_type = frame_type
         self._decoder: FrameDecoder[R] | None = FrameDecoder(
             header, max_payload=self.max_payload, accept_kinds=_SERVED_KINDS, frame_type=frame_type
@@ -295,6 +302,14 @@ class FrameServerConnection(Generic[R]):
                 if type(event) is ftype:
                     if event.kind == _PING:
                         pings += 1
+                        if self.refuse_pings:  # shutting down: fail the balancer's health check,
+                            # and close the connection if nothing is owed on it (a checker or an
+                            # idle pool connection then goes elsewhere at once)
+                            refusal = self._error(event.id, ErrorCode.OVERLOADED, _SHUTTING_DOWN)[0]
+                            self._deliver(None, refusal, not self.in_flight)
+                            if self.state not in _SERVING:
+                                break
+                            continue
                         pong = [pack(_PONG, event.id or 0, len(event.payload)), event.payload]
                         if owed:
                             self._deliver(None, pong)

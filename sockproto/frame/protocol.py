@@ -141,7 +141,16 @@ class FrameServerProtocol(StreamServerProtocol):
             peer=self.peer,
             report=self._report,
         )
+        tracker = settings.tracker
+        if tracker is not None and tracker.failing_checks:
+            conn.refuse_pings = True
         return conn
+
+    def fail_health_checks(self) -> None:
+        """The service is about to stop: PINGs get ERROR 5 from now on, requests are still served."""
+        conn = self._conn
+        if conn is not None:
+            conn.refuse_pings = True
 
     # -- IProtocol --------------------------------------------------------------------
 

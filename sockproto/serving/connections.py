@@ -29,6 +29,9 @@ class DrainableConnection(Protocol):
     def abort(self) -> None:
         """Close at once (a reset): the drain's deadline passed."""
 
+    def fail_health_checks(self) -> None:
+        """Fail health checks from now on, serving requests as usual (a shutdown's grace)."""
+
 
 C = TypeVar("C", bound=DrainableConnection)
 
@@ -41,6 +44,8 @@ class ConnectionTracker(Generic[C]):
 
     :ivar open: the protocols whose connection is open.
     :ivar accepting: ``False`` once :meth:`drain` started: every new connection is refused.
+    :ivar failing_checks: the service is about to stop: health checks are failed
+        (see :meth:`fail_health_checks`).
     """
 
     def __init__(self, metrics: ServiceMetrics, max_connections: int | None = None) -> None:
@@ -50,6 +55,7 @@ class ConnectionTracker(Generic[C]):
         self.max_connections = max_connections
         self.open: set[C] = set()
         self.accepting = True
+        self.failing_checks = False
         self._waiting: list[Deferred[None]] = []
 
     def admits(self) -> bool:
@@ -73,6 +79,12 @@ class ConnectionTracker(Generic[C]):
             waiting, self._waiting = self._waiting, []
             for d in waiting:
                 d.callback(None)
+
+    def fail_health_checks(self) -> None:
+        """Make every connection, open now or later, fail health checks (still serving requests)."""
+        self.failing_checks = True
+        for connection in list(self.open):
+            connection.fail_health_checks()
 
     def drain(self) -> Deferred[None]:
         """Refuse new connections and drain the open ones; fire once they are all closed.

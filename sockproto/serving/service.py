@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Final, Protocol, cast
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from .logs import LogLimiter
@@ -144,6 +145,12 @@ class ServerService(MultiService):
     :param endpoints: ``(description, endpoint)`` pairs to listen on.
     :param drain_timeout: seconds the stop waits for requests already received; the
         rest is aborted after that.  ``0`` aborts at once.
+    :param drain_grace: seconds, before anything else, during which the service keeps
+        listening and serving but fails health checks (a frame service answers PINGs with
+        ERROR 5): a load balancer checking with a PING marks it down and stops sending
+        before its listener closes, so no connection dies in the accept queue.  ``0``
+        (the default): no grace.  Give it more than the balancer's time to mark a
+        server down (HAProxy: ``fall`` x ``inter``).
     :param threads: the :class:`~sockproto.serving.threads.ThreadedHandler` whose pool this
         service starts and stops, if the handler runs in threads.
     :param clock: the reactor timing the drain (the global reactor by default).
@@ -161,16 +168,20 @@ class ServerService(MultiService):
         endpoints: list[tuple[str, Listenable]],
         *,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        drain_grace: float = 0.0,
         threads: ThreadedHandler | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        if drain_timeout < 0:
-            raise ValueError(f"drain_timeout must not be negative, not {drain_timeout}")
+        if drain_timeout < 0 or drain_grace < 0:
+            raise ValueError(
+                f"drain_timeout and drain_grace must not be negative, not {drain_timeout}, {drain_grace}"
+            )
         self.setName(kind)  # type: ignore[no-untyped-call]
         self.kind = kind
         self.factory = factory
         self.drain_timeout = drain_timeout
+        self.drain_grace = drain_grace
         self.threads = threads
         self.clock = clock
         self.listeners: list[ListeningService] = []
@@ -191,6 +202,14 @@ class ServerService(MultiService):
 
     async def _stop(self) -> None:
         factory = self.factory
+        fail_checks = getattr(factory, "fail_health_checks", None)
+        if self.drain_grace and fail_checks is not None:
+            fail_checks()
+            self._log.info(
+                "sockproto-{service} stopping: failing health checks for {grace:g} s, still serving",
+                service=self.kind, grace=self.drain_grace, sockproto_event="drain_grace",
+            )  # fmt: skip
+            await deferLater(self._clock(), self.drain_grace, lambda: None)
         factory.stop_accepting()
         if not factory.replies_through_port:
             await _stop_all(self.listeners)

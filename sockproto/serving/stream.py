@@ -202,6 +202,9 @@ class StreamServerProtocol(TimeoutMixin, Protocol, ProxyHeaderState):
 
     # -- shutdown ---------------------------------------------------------------------
 
+    def fail_health_checks(self) -> None:
+        """The service is about to stop: fail health checks (nothing to do for a service without them)."""
+
     def abort(self) -> None:
         """Reset the connection now (the drain's deadline passed)."""
         transport: Any = self.transport
@@ -392,6 +395,10 @@ class StreamServerFactory(Factory):
         return clock
 
     # -- graceful stop (sockproto.serving.service.DrainableFactory) -----------------------------
+
+    def fail_health_checks(self) -> None:
+        """Before stopping: fail the balancer's health checks while still serving (``--drain-grace``)."""
+        self.tracker.fail_health_checks()
 
     def stop_accepting(self) -> None:
         """Refuse every new connection from now on."""

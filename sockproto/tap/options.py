@@ -174,6 +174,13 @@ class ServiceOptions(usage.Options):
             "at shutdown, seconds to finish the requests received before aborting the rest",
         ],
         [
+            "drain-grace",
+            None,
+            "0",
+            "at shutdown, first keep serving for this many seconds while failing health checks "
+            "(PING gets ERROR 5), so that a load balancer stops sending before the listener closes",
+        ],
+        [
             "metrics",
             None,
             None,
@@ -236,6 +243,7 @@ class ServiceOptions(usage.Options):
         self.convert("handler-timeout", optional(parse_duration))
         self.convert("threads", parse_non_negative_count)
         self.convert("drain-timeout", parse_non_negative_duration)
+        self.convert("drain-grace", parse_non_negative_duration)
         if self["metrics"] is not None:
             if not prometheus.available():
                 raise usage.UsageError(prometheus.MISSING)
@@ -370,7 +378,12 @@ def server_service(
 ) -> ServerService:
     """The service a plugin runs: ``factory`` on every ``--listen``, drained on stop, with metrics."""
     service = ServerService(
-        kind, factory, options["endpoints"], drain_timeout=options["drain-timeout"], threads=threads
+        kind,
+        factory,
+        options["endpoints"],
+        drain_timeout=options["drain-timeout"],
+        drain_grace=options["drain-grace"],
+        threads=threads,
     )
     if options["metrics"] is not None:
         prometheus.metrics_service(
@@ -391,7 +404,7 @@ def plugin_service(options: ServiceOptions, build: Callable[[], IService]) -> IS
             listeners,
             workers=options["workers"],
             reuse_port=options["reuse-port"],
-            drain_timeout=options["drain-timeout"],
+            drain_timeout=options["drain-timeout"] + options["drain-grace"],  # the workers' whole stop
         )
     return worker_service(options["worker"], build())
 

@@ -39,8 +39,8 @@ class Deployment:
     processes: list[Process] = field(default_factory=list)  # everything the fixture stops
     instances: dict[tuple[str, str], Process] = field(default_factory=dict)  # the running ones
 
-    def start(self, backend: str, server: str) -> Process:
-        """Start (or start again) the instance ``backend/server`` on its port."""
+    def start(self, backend: str, server: str, *extra: str) -> Process:
+        """Start (or start again) the instance ``backend/server`` on its port, with ``extra`` options."""
         process = start_instance(
             self.directory,
             f"{backend}-{server}-{len(self.processes)}",
@@ -48,6 +48,7 @@ class Deployment:
             f"proxy:tcp:{self.ports[backend, server]}:interface=127.0.0.1",
             "--drain-timeout",
             "5",
+            *extra,
             name=f"{backend}-{server}",
         )
         self.processes.append(process)

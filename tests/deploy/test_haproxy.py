@@ -209,6 +209,33 @@ def test_sigterm_alone_moves_the_traffic(deployment: Deployment) -> None:
     assert "drain" in stopping.output(), stopping.output()
 
 
+def test_sigterm_with_drain_grace_loses_no_request(deployment: Deployment) -> None:
+    """SIGTERM alone, with ``--drain-grace``: HAProxy marks the instance down first, nothing fails.
+
+    For the grace the instance keeps listening and serving but answers PING with ERROR 5,
+    so HAProxy's health check (``fall 2``, ``inter 200ms`` here) marks it DOWN and stops
+    sending it connections before its listener closes: no connection is left in the
+    accept queue to be reset (compare the previous test).
+    """
+    old = deployment.instances["frame", "s1"]
+    old.popen.send_signal(signal.SIGTERM)
+    old.popen.wait(timeout=30)
+    deployment.stats.wait_status("frame", "s1", "DOWN", timeout=10)
+    stopping = deployment.start("frame", "s1", "--drain-grace", "1.5")
+    deployment.stats.wait_status("frame", "s1", "UP", timeout=15)
+    with ClientLoop(deployment.frame_port) as client:
+        client.wait(lambda: client.names() == {"frame-s1", "frame-s2"}, "both instances answer")
+        stopping.popen.send_signal(signal.SIGTERM)
+        deployment.stats.wait_status("frame", "s1", "DOWN", timeout=10)  # during the grace
+        assert stopping.popen.poll() is None, stopping.output()  # marked down, still serving
+        assert stopping.popen.wait(timeout=30) == -signal.SIGTERM, stopping.output()
+        exited = time.monotonic()
+        client.wait_answers(100, since=exited)
+    assert client.errors == [], client.errors
+    assert client.names(since=exited) == {"frame-s2"}
+    assert "failing health checks" in stopping.output(), stopping.output()
+
+
 def test_halfclose_through_haproxy(deployment: Deployment) -> None:
     """``nc -N`` half-closes through HAProxy (mode tcp forwards the FIN) and gets its answer."""
     nc = require_tool("nc")

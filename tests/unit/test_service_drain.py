@@ -11,11 +11,15 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from sockproto.core import ErrorCode
+from sockproto.frame.client import RemoteError
+from sockproto.frame.server import FrameServerFactory
 from sockproto.handlers import echo
 from sockproto.serving.logs import LogLimiter
 from sockproto.serving.metrics import ServiceMetrics
 from sockproto.serving.service import ListeningService, ServerService
 from sockproto.serving.threads import ThreadedHandler
+from sockproto.testing import frame_pair
 
 
 class Port:
@@ -144,3 +148,63 @@ class ServerServiceTests(SynchronousTestCase):
 
     def test_bad_drain_timeout(self) -> None:
         self.assertRaises(ValueError, ServerService, "x", Factory(self.log), [], drain_timeout=-1)
+
+
+class GraceFactory(Factory):
+    def fail_health_checks(self) -> None:
+        self.log.append("fail health checks")
+
+
+class DrainGraceTests(SynchronousTestCase):
+    """``drain_grace``: keep listening and serving, failing health checks, before the stop."""
+
+    setUp = ServerServiceTests.setUp
+    service = ServerServiceTests.service
+
+    def test_grace_comes_first_then_the_usual_stop(self) -> None:
+        factory = GraceFactory(self.log)
+        stopped = self.service(factory, drain_grace=2).stopService()
+        self.assertEqual(self.log[2:], ["fail health checks"])  # still listening
+        self.clock.advance(1.9)
+        self.assertEqual(self.log[2:], ["fail health checks"])
+        self.clock.advance(0.1)
+        self.assertEqual(
+            self.log[2:], ["fail health checks", "stop accepting", "close a", "close b", "drain"]
+        )
+        factory.busy.callback(None)
+        self.successResultOf(stopped)
+        self.assertIn("drain_grace", [e.get("sockproto_event") for e in self.events])
+
+    def test_no_grace_by_default(self) -> None:
+        factory = GraceFactory(self.log)
+        self.service(factory).stopService()
+        self.assertNotIn("fail health checks", self.log)
+
+
+class FailingHealthChecksTests(SynchronousTestCase):
+    """A frame service failing health checks: PING gets ERROR 5, requests are still served."""
+
+    def test_requests_served_ping_refused_then_closed(self) -> None:
+        factory = FrameServerFactory(echo)
+        before = frame_pair(factory)  # connected, no byte yet: its state is made later
+        used = frame_pair(factory)
+        self.assertEqual(self.successResultOf(used.ping(b"x")), b"x")
+        factory.fail_health_checks()
+        later = frame_pair(factory)
+        for pair in (before, used, later):
+            self.assertEqual(self.successResultOf(pair.request(b"still served")), b"still served")
+            error = self.failureResultOf(pair.ping(b"x"), RemoteError).value
+            self.assertEqual(error.code, ErrorCode.OVERLOADED)
+            self.assertTrue(pair.server.transport.disconnecting)  # type: ignore[union-attr]  # nothing owed
+
+    def test_a_connection_with_answers_owed_stays_open(self) -> None:
+        waiting: Deferred[bytes] = Deferred()
+        factory = FrameServerFactory(lambda request: waiting)
+        pair = frame_pair(factory)
+        answer = pair.request(b"slow")
+        factory.fail_health_checks()
+        self.assertEqual(self.failureResultOf(pair.ping(b"x"), RemoteError).value.code, ErrorCode.OVERLOADED)
+        self.assertFalse(pair.server.transport.disconnecting)  # type: ignore[union-attr]
+        waiting.callback(b"done")
+        pair.flush()
+        self.assertEqual(self.successResultOf(answer), b"done")
