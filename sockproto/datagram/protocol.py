@@ -179,7 +179,7 @@ class DatagramServerProtocol(ReplyingProtocol):
             rules.begin(request, addr)  # before: a Deferred may fire at once
             try:
                 result = self.answering.start(
-                    result, request, self.shared.pending, self._answered, request, addr, size
+                    result, self.shared.pending, self._answered, request, addr, size
                 )
             except TypeError:
                 result = Failure()

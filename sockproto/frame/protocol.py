@@ -239,7 +239,7 @@ class FrameServerProtocol(StreamServerProtocol):
             if pending is None:
                 pending = self._pending = PendingWork()
             try:
-                answer = answering.start(result, request, pending, self._answered, request)
+                answer = answering.start(result, pending, self._answered, request)
             except TypeError as error:  # a synchronous answer that is not bytes-like
                 exc = error
             else:

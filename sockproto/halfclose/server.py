@@ -198,10 +198,7 @@ class HalfCloseServerProtocol(StreamServerProtocol):
 
     def makeConnection(self, transport: ITransport) -> None:
         """Connect, unless ``transport`` cannot deliver a half-close: then abort at once."""
-        if type(transport) in _HALF_CLOSEABLE and "__provides__" not in transport.__dict__:
-            why = None  # a TCP or UNIX server transport: the common case, decided without a call
-        else:
-            why = half_close_refusal(transport)
+        why = half_close_refusal(transport)
         if why is None:  # Protocol.makeConnection, inlined
             self.connected = 1
             self.transport = transport
@@ -300,7 +297,7 @@ class HalfCloseServerProtocol(StreamServerProtocol):
         try:
             result: Any = settings.handler(request)
             if type(result) is not bytes:  # a Deferred, a coroutine, a bytearray...
-                result = settings.answering.start(result, request, settings.pending, self._answered)
+                result = settings.answering.start(result, settings.pending, self._answered)
         except Exception:
             self._failed(Failure())
             return

@@ -159,17 +159,13 @@ class HalfCloseStreamingProtocol(HalfCloseServerProtocol):
             return
         settings = self.settings
         self._pending = run  # type: ignore[assignment]  # a Deferred of nothing: cancelled, never read
-        settings.pending.add(run)
-        settings.metrics.in_flight += 1
-        run.addBoth(self._left, run)
+        # the handler timeout runs from the half-close (_deadline), not from here
+        settings.answering.track(run, settings.pending, self._left, run, timed=False)
 
     def _left(self, result: object, run: Deferred[Any]) -> None:
-        settings = self.settings
-        settings.pending.discard(run)
-        settings.metrics.in_flight -= 1
+        """The handler's run is over (it left the pending work already)."""
         if self._pending is run:
             self._pending = None
-        settings.pending.notify()
 
     async def _serve(self, request: StreamingRequest) -> None:
         try:

@@ -30,7 +30,6 @@ from twisted.python.failure import Failure
 
 from ..core.spf1 import ErrorCode
 from ..handlers import Handler
-from ..request import Request
 from .logs import LogLimiter
 from .metrics import ServiceMetrics
 
@@ -39,9 +38,7 @@ __all__ = [
     "HandlerTimeout",
     "PendingWork",
     "as_answer",
-    "call_handler",
     "failure_message",
-    "limit_time",
 ]
 
 
@@ -79,27 +76,6 @@ def _as_deferred(result: object) -> bytes | Deferred[bytes]:
     if iscoroutine(result):
         return Deferred.fromCoroutine(result).addCallback(as_answer)
     return as_answer(result)
-
-
-def call_handler(handler: Handler, request: Request) -> bytes | Deferred[bytes]:
-    """Run ``handler(request)``: bytes for a synchronous answer, else a Deferred.
-
-    A coroutine is driven by :meth:`Deferred.fromCoroutine`.  A synchronous exception
-    or a wrong result type is raised here; an asynchronous one fails the Deferred.
-    """
-    return _as_deferred(handler(request))
-
-
-def limit_time(answer: Deferred[bytes], timeout: float | None, clock: IReactorTime) -> Deferred[bytes]:
-    """Fail ``answer`` with :class:`HandlerTimeout` unless it fires within ``timeout`` seconds.
-
-    On the deadline the Deferred is cancelled, so that a handler that can stop does
-    (a coroutine, a Deferred with a canceller); a late result of one that cannot (a
-    thread) is discarded by the cancelled Deferred.  ``None`` sets no deadline.
-    """
-    if timeout is None:
-        return answer
-    return answer.addTimeout(timeout, clock, onTimeoutCancel=_timed_out)
 
 
 def _timed_out(result: object, timeout: float) -> Failure:
@@ -208,12 +184,11 @@ class Answering:
     def start(
         self,
         result: object,
-        request: Request,
         pending: PendingWork,
         answered: Callable[..., object],
         *args: Any,
     ) -> bytes | Deferred[bytes]:
-        """Bring what ``handler(request)`` returned (not plain bytes) to an answer.
+        """Bring what a handler returned (not plain bytes) to an answer.
 
         :return: ``bytes`` for a synchronous bytes-like answer; otherwise the Deferred
             of the answer, with :func:`as_answer` and the timeout on it, registered in
@@ -227,9 +202,26 @@ class Answering:
         if type(answer) is bytes:
             return answer
         d: Deferred[bytes] = answer  # type: ignore[assignment]
+        return self.track(d, pending, answered, *args)
+
+    def track(
+        self,
+        d: Deferred[Any],
+        pending: PendingWork,
+        answered: Callable[..., object],
+        *args: Any,
+        timed: bool = True,
+    ) -> Deferred[Any]:
+        """Count ``d`` (a handler's running call) ``in_flight`` and in ``pending`` until it fires.
+
+        ``answered(result_or_failure, *args)`` is called when it does, after ``d`` left
+        ``pending`` and before ``pending``'s idle waiters fire.  ``timed``: the handler
+        timeout applies from now (a caller that times the call from another moment, as
+        the streaming half-close from the client's half-close, passes ``False``).
+        """
         pending.add(d)
         self.metrics.in_flight += 1
-        if self.timeout is not None:
+        if timed and self.timeout is not None:
             d.addTimeout(self.timeout, self._clock(), onTimeoutCancel=_timed_out)
         d.addBoth(self._left, pending, d)
         d.addBoth(answered, *args)
