@@ -82,3 +82,35 @@ def run_twistd(*args: str, cwd: Path, timeout: float = 60) -> subprocess.Complet
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         check=False,
     )
+
+
+# What systemd does: the socket as fd 3, LISTEN_PID = the pid that execs the server.
+_SOCKET_ACTIVATE = (
+    "import os, sys\n"
+    "os.dup2(int(sys.argv[1]), 3)\n"
+    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='frame')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def socket_activated_twistd(*args: str, cwd: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the installed ``twistd -n`` on a loopback TCP socket handed over as systemd
+    does (fd 3, ``LISTEN_FDS``, ``LISTEN_PID``); return the process and the port."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SOCKET_ACTIVATE, str(fd), str(BIN / "twistd"), "--pidfile=", "-n", *args],
+            cwd=cwd,
+            pass_fds=(fd,),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        )
+    finally:
+        listener.close()
+    return proc, port

@@ -36,6 +36,7 @@ __all__ = [
     "open_pool",
     "run_datagram",
     "run_frame",
+    "run_frame_stream",
     "run_halfclose",
     "run_ping",
 ]
@@ -158,6 +159,25 @@ async def run_frame(reactor: Any, call: Call, streams: Streams) -> Status:
             streams.answer(await _request(client.request(call.payload, timeout=call.timeout), call))
     finally:
         await _close(client.close(), reactor)
+    return Status.ANSWERED
+
+
+async def run_frame_stream(
+    reactor: Any, call: Call, source: BinaryIO, length: int, streams: Streams
+) -> Status:
+    """``sockproto frame --file PATH``: one REQUEST whose payload is read from the file as it is sent.
+
+    The file's ``length`` bytes go out in bounded memory (a server's streaming handler
+    takes them in pieces); ``call.timeout`` bounds the whole exchange.  Closes ``source``.
+    """
+    try:
+        client = await connect_frame_client(reactor, call)
+        try:
+            streams.answer(await _request(client.request_stream(source, length, timeout=call.timeout), call))
+        finally:
+            await _close(client.close(), reactor)
+    finally:
+        source.close()
     return Status.ANSWERED
 
 

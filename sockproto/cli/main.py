@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, BinaryIO, NoReturn, TextIO
 
 from .. import __version__
 from ..core.datagram import HEADER_SIZE, MAX_UDP_PAYLOAD
-from ..core.header import PRESETS
+from ..core.header import PRESETS, HeaderSpec
 from ..core.units import parse_duration, parse_size
 from ..datagram.client import DEFAULT_RETRIES
 from .bench import BenchResult, LoadGenerator, Progress, session_opener
-from .commands import Call, Streams, run_datagram, run_frame, run_halfclose, run_ping
+from .commands import Call, Streams, run_datagram, run_frame, run_frame_stream, run_halfclose, run_ping
 from .endpoints import client_endpoint, proxy_v2_header
 from .errors import CommandError, Status, describe
 from .halfclose_stream import open_source, run_halfclose_stream, streams_source
@@ -249,6 +250,29 @@ def read_payload(args: argparse.Namespace, stdin: BinaryIO, limit: int) -> bytes
     return payload
 
 
+def open_frame_file(path: str, header: HeaderSpec | None) -> tuple[BinaryIO, int] | None:
+    """``sockproto frame --file PATH``: the file, opened, and its size (the frame's length).
+
+    ``None`` if it is not a regular file (a pipe: its size is not known before its first
+    byte must be sent; it is read whole, as stdin is).
+
+    :raises ValueError: if it cannot be opened, or is larger than the header can say.
+    """
+    try:
+        source = open(path, "rb")  # noqa: SIM115  # closed by run_frame_stream
+    except OSError as e:
+        raise ValueError(f"--file {path!r}: {e.strerror or e}") from None
+    info = os.fstat(source.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        source.close()
+        return None
+    if header is not None and info.st_size > header.max_payload:
+        source.close()
+        limit = f"the {header.max_payload}-byte limit of {header.name}"
+        raise ValueError(f"--file {path!r}: {info.st_size} bytes is over {limit}")
+    return source, info.st_size
+
+
 def prepare(args: argparse.Namespace, reactor: Any, stdin: BinaryIO, streams: Streams) -> Job:
     """Check everything and read the payload; return what the reactor will run.
 
@@ -314,6 +338,11 @@ def prepare(args: argparse.Namespace, reactor: Any, stdin: BinaryIO, streams: St
     if streams_source(args):  # stdin or --file, sent as it is read (sockproto.cli.halfclose_stream)
         source = open_source(args, stdin)
         return lambda r: run_halfclose_stream(r, call, source, streams, close=source is not stdin)
+    if command == "frame" and args.file is not None and args.count == 1 and not call.pool:
+        opened = open_frame_file(args.file, call.header)
+        if opened is not None:  # a regular file: sent as it is read
+            source, length = opened
+            return lambda r: run_frame_stream(r, call, source, length, streams)
     call.payload = read_payload(args, stdin, limit)
     call.count = args.count
     run = {"frame": run_frame, "datagram": run_datagram, "halfclose": run_halfclose, "ping": run_ping}[

@@ -13,6 +13,11 @@ not accept is skipped the same way (:class:`UnexpectedKind`).  A header that can
 valid (a wrong magic or version) ends the stream with :class:`Malformed`: a byte stream
 cannot be resynchronised.
 
+Frames of the kinds given as ``stream_kinds`` are not joined at all: each is reported
+by a :class:`StreamStart` as soon as its header is complete, then its payload by
+:class:`StreamPiece` events as it arrives (slices of what was fed, or what was fed
+itself), the last one marked ``last`` (a streaming handler's body, issue 16).
+
 Plain Python: no Twisted import (the sans-IO rule).
 """
 
@@ -31,6 +36,8 @@ __all__ = [
     "FrameDecoder",
     "Malformed",
     "Oversized",
+    "StreamPiece",
+    "StreamStart",
     "UnexpectedKind",
 ]
 
@@ -126,7 +133,31 @@ class Malformed:
         return f"<Malformed {self.reason!r}>"
 
 
-Event = Frame | Oversized | UnexpectedKind | Malformed
+class StreamStart(_Skipped):
+    """A streamed frame begins: its payload of ``length`` bytes follows as :class:`StreamPiece` events."""
+
+    __slots__ = ()
+
+
+class StreamPiece:
+    """Some payload bytes of the streamed frame under way, in stream order.
+
+    :ivar data: the bytes (a slice of what was fed, or what was fed itself; maybe empty
+        for an empty payload).
+    :ivar last: whether they end the frame.
+    """
+
+    __slots__ = ("data", "last")
+
+    def __init__(self, data: bytes, last: bool) -> None:
+        self.data = data
+        self.last = last
+
+    def __repr__(self) -> str:
+        return f"<StreamPiece {len(self.data)} bytes{' last' if self.last else ''}>"
+
+
+Event = Frame | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece
 """Everything :meth:`FrameDecoder.feed` can return."""
 
 
@@ -150,7 +181,13 @@ class FrameDecoder(Generic[F]):
         taking the same arguments; or ``bytes``, for a bare length prefix only, to get
         each frame as its payload bytes (the header holds nothing else), which spares an
         object per frame.
-    :raises ValueError: for ``frame_type=bytes`` with a header that has other fields.
+    :param stream_kinds: frames of these kinds (every frame, for a header without a
+        kind field) are streamed (:class:`StreamStart`, then :class:`StreamPiece`
+        events), never joined; ``None``: none is.
+    :param max_streamed: the largest streamed payload; larger ones are reported by
+        :class:`Oversized` and discarded (``None``: what the length field can express).
+    :raises ValueError: for ``frame_type=bytes`` with a header that has other fields,
+        or with ``stream_kinds``.
     """
 
     __slots__ = (
@@ -164,7 +201,10 @@ class FrameDecoder(Generic[F]):
         "_need",
         "_new",
         "_parts",
+        "_streamed",
+        "_streaming",
         "max_payload",
+        "max_streamed",
         "spec",
     )
 
@@ -175,9 +215,15 @@ class FrameDecoder(Generic[F]):
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         accept_kinds: Container[int] | None = None,
         frame_type: type[F] = Frame,  # type: ignore[assignment]
+        stream_kinds: Container[int] | None = None,
+        max_streamed: int | None = None,
     ) -> None:
         if max_payload < 0:
             raise ValueError(f"max_payload must be >= 0, not {max_payload}")
+        if max_streamed is not None and max_streamed < 0:
+            raise ValueError(f"max_streamed must be >= 0 or None, not {max_streamed}")
+        if stream_kinds is not None and frame_type is bytes:
+            raise ValueError("streamed frames need a frame_type, not bytes")
         self.spec: Final = spec
         self.max_payload: Final = min(max_payload, spec.max_payload)
         self._kinds = accept_kinds if spec.has_kind else None
@@ -195,6 +241,15 @@ class FrameDecoder(Generic[F]):
         self._parts: list[bytes | memoryview] | tuple[()] = ()
         self._current: tuple[int | None, int | None, tuple[FieldValue, ...]] = (None, None, ())
         self._failed: str | None = None
+        # streaming: which frames are streamed (None: none; a header without a kind
+        # streams all), their limit, and whether the frame under way is one
+        self._streamed: Container[int | None] | None = None
+        if stream_kinds is not None:
+            self._streamed = stream_kinds if spec.has_kind else _ALL
+        self.max_streamed: Final = (
+            spec.max_payload if max_streamed is None else min(max_streamed, spec.max_payload)
+        )
+        self._streaming = False
 
     @property
     def buffered(self) -> int:
@@ -233,7 +288,9 @@ class FrameDecoder(Generic[F]):
             return b"".join([self.spec.struct.pack(*self._current[2]), *self._parts])
         return b""
 
-    def feed(self, data: bytes) -> list[F | Oversized | UnexpectedKind | Malformed]:
+    def feed(
+        self, data: bytes
+    ) -> list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece]:
         """Consume ``data`` and return the events it completes, in stream order.
 
         :raises DecoderFailed: if an earlier call reported :class:`Malformed`.
@@ -242,7 +299,7 @@ class FrameDecoder(Generic[F]):
             raise DecoderFailed(self._failed)
         if type(data) is not bytes:
             data = bytes(data)
-        events: list[F | Oversized | UnexpectedKind | Malformed] = []
+        events: list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece] = []
         end = len(data)
         off = 0
         if self._need:
@@ -259,7 +316,9 @@ class FrameDecoder(Generic[F]):
             off = self._begin(self.spec.struct.unpack(head + data[:take]), data, take, end, events)
             if off < 0:
                 return events
-        if not self._bare:
+        if self._streamed is not None:  # no fast path: any frame may be streamed
+            off = self._scan_each(data, off, end, events)
+        elif not self._bare:
             off = self._scan_general(data, off, end, events)
         elif self._frame_type is bytes:
             off = self._scan_payloads(data, off, end, events)
@@ -364,13 +423,23 @@ class FrameDecoder(Generic[F]):
             off = stop
         return off
 
+    def _scan_each(self, data: bytes, off: int, end: int, events: list[Any]) -> int:
+        """The loop of a streaming decoder: each header through :meth:`_begin`."""
+        size = self.spec.size
+        unpack_from = self.spec.struct.unpack_from
+        while end - off >= size:
+            off = self._begin(unpack_from(data, off), data, off + size, end, events)
+            if off < 0:
+                return -1
+        return off
+
     def _begin(
         self,
         h: tuple[FieldValue, ...],
         data: bytes,
         start: int,
         end: int,
-        events: list[F | Oversized | UnexpectedKind | Malformed],
+        events: list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece],
     ) -> int:
         """Handle header ``h`` whose payload starts at ``data[start]``, off the fast path.
 
@@ -389,6 +458,9 @@ class FrameDecoder(Generic[F]):
         ident = h[spec.id_index] if spec.id_index >= 0 else None
         assert kind is None or isinstance(kind, int)
         assert ident is None or isinstance(ident, int)
+        streamed = self._streamed
+        if streamed is not None and kind in streamed:
+            return self._stream(StreamStart(kind, ident, n, h), data, start, end, events)
         if n > self.max_payload:
             events.append(Oversized(kind, ident, n, h))
             return self._skip(start + n, end)
@@ -405,6 +477,24 @@ class FrameDecoder(Generic[F]):
         self._collecting = True
         return -1
 
+    def _stream(self, started: StreamStart, data: bytes, start: int, end: int, events: list[Any]) -> int:
+        """Begin streamed frame ``started``: report it and what ``data`` holds of its payload."""
+        n = started.length
+        if n > self.max_streamed:
+            events.append(Oversized(started.kind, started.id, n, started.header))
+            return self._skip(start + n, end)
+        events.append(started)
+        stop = start + n
+        if stop <= end:
+            events.append(StreamPiece(data[start:stop], True))
+            return stop
+        if start < end:
+            events.append(StreamPiece(data[start:] if start else data, False))
+        self._need = stop - end
+        self._collecting = False
+        self._streaming = True
+        return -1
+
     def _build(self, kind: int | None, ident: int | None, payload: bytes, h: tuple[FieldValue, ...]) -> Any:
         """One frame event, off the fast paths."""
         if self._frame_type is bytes:
@@ -418,9 +508,22 @@ class FrameDecoder(Generic[F]):
         self._collecting = False
         return -1
 
-    def _continue(self, data: bytes, events: list[F | Oversized | UnexpectedKind | Malformed]) -> int:
+    def _continue(
+        self,
+        data: bytes,
+        events: list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece],
+    ) -> int:
         """Give ``data`` to the frame under way; return where the next frame starts, or -1."""
         need = self._need
+        if self._streaming:  # the pieces of a streamed frame: handed on, never kept
+            if len(data) < need:
+                self._need = need - len(data)
+                events.append(StreamPiece(data, False))
+                return -1
+            self._need = 0
+            self._streaming = False
+            events.append(StreamPiece(data if need == len(data) else data[:need], True))
+            return need
         if len(data) < need:
             if self._collecting:
                 cast("list[bytes | memoryview]", self._parts).append(data)
@@ -436,7 +539,11 @@ class FrameDecoder(Generic[F]):
             events.append(self._build(kind, ident, b"".join(parts), h))
         return need
 
-    def _hold(self, head: bytes, events: list[F | Oversized | UnexpectedKind | Malformed]) -> None:
+    def _hold(
+        self,
+        head: bytes,
+        events: list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece],
+    ) -> None:
         """Keep the start of a header, failing at once if its constant bytes are wrong."""
         reason = self.spec.check_start(head)
         if reason is not None:
@@ -444,9 +551,24 @@ class FrameDecoder(Generic[F]):
             return
         self._head = head
 
-    def _fail(self, reason: str, events: list[F | Oversized | UnexpectedKind | Malformed]) -> None:
+    def _fail(
+        self,
+        reason: str,
+        events: list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece],
+    ) -> None:
         self._failed = reason
         self._head = b""
         self._parts = ()
         self._need = 0
+        self._streaming = False
         events.append(Malformed(reason))
+
+
+class _All:
+    """Contains every kind: a header without a kind field streams every frame."""
+
+    def __contains__(self, kind: object) -> bool:
+        return True
+
+
+_ALL: Final = _All()

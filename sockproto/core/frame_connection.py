@@ -14,6 +14,14 @@ Its state is one :class:`ConnectionState`::
     OPEN, DRAINING --fatal error, stop()--> CLOSING --the answers due before it sent--> MUST_CLOSE
     any --closed()--> CLOSED
 
+With a streaming handler (``streamed=``), each request frame is handed over when its
+header arrives, with a :class:`~sockproto.core.frame_stream.FrameBody` that its payload
+fills as it arrives (never joined; see :mod:`sockproto.core.frame_stream` for the
+bounded buffer and its backpressure).  Its answer or error, even one given before the
+frame ended (a handler failing mid-body: ERROR 4), is sent once the frame's last byte
+is read, so the connection stays usable; the requests after it are served by the
+usual rules.
+
 A fatal error is a broken header (ERROR 1, id 0: a stream cannot resynchronise), or any
 error at all when the header has no ``kind`` field (no error channel).  The state moves
 to MUST_CLOSE in :meth:`~FrameServerConnection.data_to_send`: the caller closes once it
@@ -28,7 +36,17 @@ from collections.abc import Callable, Iterator, MutableMapping
 from enum import Enum
 from typing import Any, Final, Generic, Protocol, TypeVar
 
-from .decoder import Frame, FrameDecoder, Malformed, Oversized, UnexpectedKind
+from .decoder import (
+    DEFAULT_MAX_PAYLOAD,
+    Frame,
+    FrameDecoder,
+    Malformed,
+    Oversized,
+    StreamPiece,
+    StreamStart,
+    UnexpectedKind,
+)
+from .frame_stream import BodyHold, FrameBody, StreamedRequests
 from .header import HeaderSpec
 from .spf1 import ErrorCode, Kind, encode_error
 
@@ -81,6 +99,11 @@ Later = Callable[[Any, object, Exception | None], object]
 ``later(request, result, exception)``; the request is in flight until
 :meth:`FrameServerConnection.answer` or :meth:`~FrameServerConnection.fail`."""
 
+Streamed = Callable[[Any, FrameBody], object]
+"""Starts a streamed request: ``streamed(request, body)``, when its header arrives.  The
+request is in flight until :meth:`FrameServerConnection.answer` or
+:meth:`~FrameServerConnection.fail`; it must not raise."""
+
 Report = Callable[[str, str], object]
 """Told ``(category, message)`` of what the caller may log: ``frame_refused``,
 ``protocol_error``, ``answer_too_large``."""
@@ -115,6 +138,13 @@ class FrameServerConnection(Generic[R]):
         attribute, set to :attr:`peer` before the handler sees it.
     :param peer: the client's address, given to every request.
     :param report: told what the caller may log (see :data:`Report`).
+    :param streamed: stream request frames to this (see :data:`Streamed`) instead of
+        giving whole ones to the handler; ``max_payload`` then bounds the streamed
+        payloads, and PINGs (still whole) stay under the default 16 MiB.
+    :param stream_type: the class built for streamed requests (``frame_type`` if
+        ``None``).
+    :param hold: the bound on the body bytes held (streaming only; a default one if
+        ``None``).
 
     :ivar state: the :class:`ConnectionState`.
     :ivar refuse_pings: answer PINGs with ERROR 5 instead of PONG, closing the
@@ -132,6 +162,8 @@ class FrameServerConnection(Generic[R]):
         "_owed",
         "_reading",
         "_serving",
+        "_streamed",
+        "_streams",
         "_waiting",
         "_write_paused",
         "counters",
@@ -154,6 +186,9 @@ class FrameServerConnection(Generic[R]):
         frame_type: type[R] = PeerFrame,  # type: ignore[assignment]
         peer: object = None,
         report: Report = _ignore,
+        streamed: Streamed | None = None,
+        stream_type: type[R] | None = None,
+        hold: BodyHold | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
@@ -166,8 +201,19 @@ class FrameServerConnection(Generic[R]):
         self.state = _OPEN
         self.refuse_pings = False
         self._frame_type = frame_type
+        self._streamed = streamed
+        self._streams: StreamedRequests | None = None
+        if streamed is not None:
+            self._streams = StreamedRequests(
+                header, frame_type if stream_type is None else stream_type, hold or BodyHold()
+            )
         self._decoder: FrameDecoder[R] | None = FrameDecoder(
-            header, max_payload=self.max_payload, accept_kinds=_SERVED_KINDS, frame_type=frame_type
+            header,
+            max_payload=self.max_payload if streamed is None else min(self.max_payload, DEFAULT_MAX_PAYLOAD),
+            accept_kinds=_SERVED_KINDS,
+            frame_type=frame_type,
+            stream_kinds=None if streamed is None else (_REQUEST,),
+            max_streamed=self.max_payload,
         )
         self._ordered = not header.has_id  # answers must follow request order
         # ordered mode: the requests owed an answer, oldest first, with their frames once
@@ -212,11 +258,31 @@ class FrameServerConnection(Generic[R]):
         """Whether more bytes should be read: False while blocked, holding a backlog,
         closing, or draining between frames."""
         state = self.state
+        streams = self._streams
+        paused = False
+        if streams is not None:
+            paused = streams.hold.paused
+            if streams.incoming is not None:  # a streamed request's body: read unless too much is held
+                return state in _SERVING and not paused
         if state is _OPEN:
             pass
         elif state is not _DRAINING or self.between_frames:
             return False
-        return not (self._backlog or self._write_paused or self.in_flight >= self.max_in_flight)
+        return not (self._backlog or self._write_paused or self.in_flight >= self.max_in_flight or paused)
+
+    @property
+    def hold(self) -> BodyHold | None:
+        """The bound on the streamed bodies' bytes held (``None``: no streaming handler)."""
+        return None if self._streams is None else self._streams.hold
+
+    @property
+    def receiving_body(self) -> bool:
+        """Whether a streamed request's frame is under way (its handler has part of it)."""
+        return self._streams is not None and self._streams.incoming is not None
+
+    def fed_bodies(self) -> list[FrameBody]:
+        """The bodies given bytes (or ended) since last asked: their readers are to be woken."""
+        return [] if self._streams is None else self._streams.fed_bodies()
 
     def reading_change(self) -> bool | None:
         """The change to make to reading, if :attr:`wants_read` changed: True to resume,
@@ -250,6 +316,8 @@ class FrameServerConnection(Generic[R]):
             return 0
         self.counters.bytes_in += len(data)
         events = decoder.feed(data)
+        if self._streams is not None and self._streams.incoming is not None:
+            events = self._feed_body(events)  # the rest of an admitted streamed frame: never held back
         if self._backlog or self._write_paused or self.in_flight >= self.max_in_flight:
             self._hold_back(events)
         else:
@@ -281,6 +349,16 @@ class FrameServerConnection(Generic[R]):
         self.serve_backlog(_unanswered, lambda request, result, exc: taken.append(request))
         return taken
 
+    def _feed_body(self, events: list[Any]) -> list[Any]:
+        """Give the leading pieces of ``events`` to the incoming body; return the rest."""
+        for i, event in enumerate(events):
+            if type(event) is not StreamPiece:
+                return events[i:]
+            self._piece(event)
+            if event.last:
+                return events[i + 1 :]
+        return []
+
     def _serve(self, events: list[Any], handler: Callable[[R], object], later: Later) -> None:
         """Serve ``events`` in order, counted once for all of them."""
         out = self._out
@@ -294,7 +372,7 @@ class FrameServerConnection(Generic[R]):
         ftype = self._frame_type
         owed = self._owed
         max_in_flight = self.max_in_flight
-        pings = slow = 0  # counted per read, in locals: no per-frame attribute work
+        pings = slow = pieces = 0  # counted per read, in locals: no per-frame attribute work
         rest: Iterator[Any] = iter(events)  # kept: what a break leaves is held back
         self._serving = True
         try:
@@ -335,6 +413,17 @@ class FrameServerConnection(Generic[R]):
                         owed = self._owed  # it may have been created
                     if self.state not in _SERVING or self._write_paused or self.in_flight >= max_in_flight:
                         break
+                elif type(event) is StreamPiece:
+                    pieces += 1
+                    self._piece(event)
+                    if event.last and (
+                        self.state not in _SERVING or self._write_paused or self.in_flight >= max_in_flight
+                    ):
+                        break
+                elif type(event) is StreamStart:
+                    slow += 1
+                    self._stream_start(event)
+                    owed = self._owed  # it may have been created
                 else:
                     slow += 1
                     self._refused(event)
@@ -343,7 +432,7 @@ class FrameServerConnection(Generic[R]):
         finally:
             self._serving = False
         left = list(rest)  # empty unless the loop stopped early
-        served = len(events) - len(left)
+        served = len(events) - len(left) - pieces
         if left and self.state in _SERVING:
             self._hold_back(left)
         # Every event served but the PINGs counts as a request; those not answered at
@@ -356,13 +445,46 @@ class FrameServerConnection(Generic[R]):
 
     def _hand_over(self, request: R, result: object, exc: Exception | None, later: Later) -> None:
         """Owe ``request`` an answer, then give it to ``later``."""
+        self._owe(request)
+        later(request, result, exc)
+
+    def _owe(self, request: object) -> None:
         if not self._ordered:
             self._waiting += 1
         elif self._owed:
             self._owed[request] = None
         else:
             self._owed = {request: None}
-        later(request, result, exc)
+
+    # -- streamed requests ----------------------------------------------------------------
+
+    def _stream_start(self, event: StreamStart) -> None:
+        """A streamed request frame begins: owe it an answer, start its handler with its body."""
+        assert self._streams is not None and self._streamed is not None
+        request, body = self._streams.begin(event, self.peer)
+        self._owe(request)
+        self._streamed(request, body)
+
+    def _piece(self, event: StreamPiece) -> None:
+        """Payload bytes of the arriving request; at its last, send its answer if given early."""
+        assert self._streams is not None
+        done = self._streams.piece(event)
+        if done is not None:
+            self._deliver(done[0], *done[1])
+
+    def _cut_incoming(self) -> None:
+        """The connection ends mid-frame: the arriving request's body is truncated, its answer dropped."""
+        cut = None if self._streams is None else self._streams.cut()
+        if cut is None:
+            return
+        request, answered = cut
+        if self._ordered and self._owed:
+            self._owed.pop(request, None)
+        if answered:  # taken back already: its answer is dropped, not counted again
+            return
+        self.counters.abandoned += 1
+        if not self._ordered:
+            self._waiting -= 1
 
     def _refused(self, event: Malformed | Oversized | UnexpectedKind) -> None:
         """Answer a frame that is not served: a broken header is fatal, others are skipped."""
@@ -396,25 +518,32 @@ class FrameServerConnection(Generic[R]):
         if self.header.min_payload <= len(payload) <= self.header.max_payload:
             self.counters.answers += 1
             frames = [self.header.pack_frame_header(_RESPONSE, request.id or 0, len(payload)), payload]
-            self._deliver(request, frames)
+            self._send(request, frames)
             return
         message = f"answer of {len(payload)} bytes does not fit the {self.header.name} header"
         if len(payload) < self.header.min_payload:
             message += f" (its length adjustment needs at least {self.header.min_payload} bytes)"
         self.report("answer_too_large", message)
-        self._deliver(request, *self._error(request.id, ErrorCode.TOO_LARGE, message))
+        self._send(request, *self._error(request.id, ErrorCode.TOO_LARGE, message))
 
     def fail(self, request: R, code: ErrorCode, message: str) -> None:
         """Answer ``request`` with an ERROR (fatal without an error channel)."""
         if self._took_back(request):
-            self._deliver(request, *self._error(request.id, code, message))
+            self._send(request, *self._error(request.id, code, message))
 
     def abandon(self, request: R) -> None:
         """``request`` will not be answered (its handler was cancelled, its connection lost)."""
         self._took_back(request)
 
+    def _send(self, request: R, frames: list[bytes], fatal: bool = False) -> None:
+        """Send the answer to ``request`` now, or at the end of its frame if it is still arriving."""
+        if self._streams is None or not self._streams.hold_early(request, frames, fatal):
+            self._deliver(request, frames, fatal)
+
     def _took_back(self, request: R) -> bool:
         """Whether the answer to ``request`` is to be sent; count it abandoned if not."""
+        if self._streams is not None and not self._streams.took_back(request):
+            return False  # cut short: counted then
         if not self._ordered:
             self._waiting -= 1
             wanted = self.state in _SERVING
@@ -504,17 +633,27 @@ class FrameServerConnection(Generic[R]):
         incomplete is dropped)."""
         self.start_drain()
         self._decoder = None
+        self._cut_incoming()
 
     def stop(self) -> None:
         """Serve no more requests; close once the answers due in request order are sent."""
         if self.state in _SERVING:
             self.state = _CLOSING
         self._backlog = ()
+        self._cut_incoming()
 
     _stop = stop
 
     def time_out(self) -> bool:
-        """The idle timeout passed: :meth:`stop` unless answers are owed; whether it did."""
+        """The idle timeout passed: :meth:`stop` unless answers are owed; whether it did.
+
+        A streamed frame under way that made no progress for that long (the client
+        stopped sending mid-body, or the handler stopped taking it) is cut short: the
+        caller is to reset the connection (see :attr:`receiving_body`).
+        """
+        if self.receiving_body:
+            self.stop()  # cuts the arriving request short
+            return True
         if self.in_flight or self._backlog or self.state not in _SERVING:
             return False
         self.stop()
@@ -522,6 +661,9 @@ class FrameServerConnection(Generic[R]):
 
     def closed(self) -> None:
         """The connection is closed (by the caller) or lost: drop everything from now on."""
+        self._cut_incoming()
+        if self._streams is not None:
+            self._streams.close()  # what their handlers did not take is lost
         self.state = _CLOSED
         self._backlog = self._owed = ()
         self._out.clear()

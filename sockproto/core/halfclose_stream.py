@@ -75,6 +75,11 @@ class StreamingRequest(HalfCloseRequest):
         return self._held
 
     @property
+    def truncated(self) -> bool:
+        """Always ``False``: a reset half-close connection ends its handler's run instead."""
+        return False
+
+    @property
     def ended(self) -> bool:
         """Whether the handler has taken the whole body (end of file, nothing held)."""
         return self.eof and not self._chunks

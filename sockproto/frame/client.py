@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, cast
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, BinaryIO, cast
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import clientFromString, connectProtocol
@@ -13,9 +14,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..core.decoder import DEFAULT_MAX_PAYLOAD, Frame, FrameDecoder, Malformed, Oversized
+from ..core.decoder import DEFAULT_MAX_PAYLOAD, Frame, FrameDecoder, Malformed, Oversized, UnexpectedKind
 from ..core.header import SPF1, HeaderSpec, PayloadTooLarge
 from ..core.spf1 import ErrorCode, Kind, decode_error
+from ..halfclose.sending import CHUNK_SIZE, send_body
 
 __all__ = [
     "AnswerTooLarge",
@@ -105,6 +107,8 @@ class FrameClientProtocol(Protocol):
         self._next_id = 1
         self._lost: Failure | None = None
         self._closed: Deferred[None] = Deferred()
+        self._queued: list[bytes] | None = None  # writes held while a streamed payload goes out
+        self._stream_waiters: list[Deferred[None]] = []  # streamed requests waiting their turn
 
     # -- the API ----------------------------------------------------------------------
 
@@ -118,6 +122,35 @@ class FrameClientProtocol(Protocol):
         :raises PayloadTooLarge: (in the Deferred) if the header cannot carry ``payload``.
         """
         return self._send(Kind.REQUEST, payload, timeout)
+
+    def request_stream(
+        self, body: BinaryIO | AsyncIterable[bytes], length: int, *, timeout: float | None = None
+    ) -> Deferred[bytes]:
+        """Send a REQUEST of ``length`` bytes read from ``body`` as they go out.
+
+        ``body`` is a binary file (its next ``length`` bytes, read in chunks in the
+        reactor thread: a regular file or a pipe) or an async iterator of ``bytes``;
+        the next chunk is read only once the transport has room, so any size goes out
+        in bounded memory (a streaming handler on the server takes it in pieces).
+        Requests made meanwhile are sent after it.  The Deferred fires as
+        :meth:`request`'s does; if ``body`` gives fewer or more than ``length`` bytes,
+        the frame cannot be completed: the connection is aborted and the Deferred fails
+        with :class:`ValueError`.
+        """
+        if self._queued is not None:  # one streamed payload at a time: the next waits its turn
+            return self._after_stream().addCallback(
+                lambda _: self.request_stream(body, length, timeout=timeout)
+            )
+        registered = self._register(Kind.REQUEST, length, timeout)
+        if isinstance(registered, Deferred):
+            return registered
+        frame, waiter = registered
+        assert self.transport is not None
+        self.transport.write(frame)
+        self._queued = []
+        sent = send_body(self.transport, _exactly(body, length))
+        sent.addCallbacks(self._streamed, self._stream_broken)
+        return waiter.d
 
     def ping(self, payload: bytes = b"", *, timeout: float | None = None) -> Deferred[bytes]:
         """Send a PING; the Deferred fires with the PONG's payload (``payload`` echoed).
@@ -170,7 +203,7 @@ class FrameClientProtocol(Protocol):
                 self._fail_all(Failure(FrameProtocolError(event.reason)))
                 transport: Any = self.transport  # an ITCPTransport: it can abort
                 transport.abortConnection()
-            else:
+            elif isinstance(event, UnexpectedKind):  # no stream_kinds here: no streamed events
                 self._log.warn("ignored a frame of kind {kind} from the server", kind=event.kind)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
@@ -181,12 +214,26 @@ class FrameClientProtocol(Protocol):
     # -- internals --------------------------------------------------------------------
 
     def _send(self, kind: Kind, payload: bytes, timeout: float | None) -> Deferred[bytes]:
+        registered = self._register(kind, len(payload), timeout)
+        if isinstance(registered, Deferred):
+            return registered
+        frame, waiter = registered
+        if self._queued is not None:  # a streamed payload is going out: after it
+            self._queued += (frame, payload)
+        else:
+            self.transport.writeSequence([frame, payload])  # type: ignore[union-attr]  # registered: connected
+        return waiter.d
+
+    def _register(
+        self, kind: Kind, length: int, timeout: float | None
+    ) -> tuple[bytes, _Waiter] | Deferred[bytes]:
+        """A request's header and waiter, or a failed Deferred if it cannot be sent."""
         if self._lost is not None:
             return fail(self._lost)
         assert self.transport is not None
         try:
             ident = self._allocate_id() if self.header.has_id else 0
-            frame = self.header.pack_header(len(payload), **self._fields(kind, ident))
+            frame = self.header.pack_header(length, **self._fields(kind, ident))
         except (PayloadTooLarge, RuntimeError) as e:
             return fail(e)
         waiter = _Waiter(Deferred(lambda d: self._forget(ident, waiter)))
@@ -196,8 +243,32 @@ class FrameClientProtocol(Protocol):
             self._in_order.append(waiter)
         if timeout is not None:
             waiter.timer = self._reactor().callLater(timeout, self._time_out, ident, waiter, timeout)
-        self.transport.writeSequence([frame, payload])
-        return waiter.d
+        return frame, waiter
+
+    def _streamed(self, result: None) -> None:
+        """A streamed payload is out: send what waited behind it."""
+        queued, self._queued = self._queued, None
+        if queued and self._lost is None:
+            self.transport.writeSequence(queued)  # type: ignore[union-attr]
+        self._streams_done()
+
+    def _stream_broken(self, failure: Failure) -> None:
+        """The body failed or gave the wrong length: the frame cannot be completed."""
+        self._queued = None
+        if self._lost is None:
+            self._fail_all(failure)
+            self.transport.abortConnection()  # type: ignore[union-attr]  # an ITCPTransport
+        self._streams_done()
+
+    def _after_stream(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._stream_waiters.append(d)
+        return d
+
+    def _streams_done(self) -> None:
+        waiters, self._stream_waiters = self._stream_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def _fields(self, kind: Kind, ident: int) -> dict[str, int]:
         fields: dict[str, int] = {}
@@ -327,3 +398,26 @@ def connect_frame(
     proto = FrameClientProtocol(header, max_payload=max_payload, clock=reactor, proxy_header=proxy_header)
     connected: Deferred[FrameClientProtocol] = connectProtocol(endpoint, proto)
     return connected
+
+
+async def _exactly(body: BinaryIO | AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:
+    """``body``'s chunks, checked to add up to ``length`` bytes exactly (a file: its next
+    ``length`` bytes).
+
+    :raises ValueError: if it gives fewer, or more (an async iterator).
+    """
+    sent = 0
+    if isinstance(body, AsyncIterable):
+        async for chunk in body:
+            sent += len(chunk)
+            if sent > length:
+                break
+            yield chunk
+    else:
+        read = getattr(body, "read1", None) or body.read
+        while sent < length and (chunk := read(min(CHUNK_SIZE, length - sent))):
+            sent += len(chunk)
+            yield chunk
+    if sent != length:
+        what = "more" if sent > length else f"only {sent}"
+        raise ValueError(f"the request body gave {what} bytes, not the {length} announced")

@@ -74,6 +74,7 @@ class FrameServerProtocol(StreamServerProtocol):
     # One connection's state; class defaults, so that an idle connection stores neither.
     _conn: FrameServerConnection[Request] | None = None  # made by the first input
     _pending: PendingWork | None = None  # handler calls running, made by the first
+    _streams = False  # a streaming handler's protocol (sockproto.frame.streaming) sets it
 
     def __init__(
         self,
@@ -140,11 +141,16 @@ class FrameServerProtocol(StreamServerProtocol):
             frame_type=request_type(self.transport),  # TLS: carries the peer's certificate
             peer=self.peer,
             report=self._report,
+            **(self._stream_args() if self._streams else {}),
         )
         tracker = settings.tracker
         if tracker is not None and tracker.failing_checks:
             conn.refuse_pings = True
         return conn
+
+    def _stream_args(self) -> dict[str, Any]:
+        """The connection's streaming arguments (see :mod:`sockproto.frame.streaming`)."""
+        raise NotImplementedError
 
     def fail_health_checks(self) -> None:
         """The service is about to stop: PINGs get ERROR 5 from now on, requests are still served."""

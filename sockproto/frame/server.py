@@ -30,6 +30,7 @@ from ..handlers import Handler
 from ..serving.proxy import ProxySettings
 from ..serving.settings import Setting
 from ..serving.stream import StreamServerFactory
+from ..serving.streaming import is_streaming
 from .protocol import FrameServerProtocol
 from .refusal import FrameRefusal, Lingering
 from .settings import DEFAULT_MAX_IN_FLIGHT, FrameSettings
@@ -43,7 +44,10 @@ class FrameServerFactory(StreamServerFactory):
     :param handler: see :mod:`sockproto.handlers`.
     :param header: the wire header (default SPF/1).
     :param max_payload: the largest request accepted, capped at what the header's
-        length field can express (16 MiB by default).
+        length field can express (16 MiB by default).  For a streaming handler
+        (:func:`~sockproto.serving.streaming.streaming`: request frames reach it in
+        pieces, see :mod:`sockproto.frame.streaming`) it may be ``None``: what the
+        header can express (4 GiB - 1 for SPF/1).
     :param max_in_flight: unanswered requests allowed per connection.
     :param max_connections: connections served at once; over it a new connection gets
         ERROR 5 and is closed (see :mod:`sockproto.frame.refusal`).  ``None``: no limit.
@@ -78,7 +82,7 @@ class FrameServerFactory(StreamServerFactory):
         handler: Handler,
         *,
         header: HeaderSpec = SPF1,
-        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_payload: int | None = DEFAULT_MAX_PAYLOAD,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_connections: int | None = None,
         idle_timeout: float | None = None,
@@ -92,12 +96,16 @@ class FrameServerFactory(StreamServerFactory):
             handler=handler,
             handler_timeout=handler_timeout,
             header=header,
-            max_payload=max_payload,
+            max_payload=max_payload,  # type: ignore[arg-type]  # None: resolved by FrameSettings
             max_in_flight=max_in_flight,
             idle_timeout=idle_timeout,
             proxy=proxy,
         )
         self._lingering = Lingering()
+        if is_streaming(handler):  # request frames reach the handler in pieces (sockproto.frame.streaming)
+            from .streaming import FrameStreamingProtocol
+
+            self.protocol = FrameStreamingProtocol
 
     def refusal(self, addr: IAddress | None) -> FrameRefusal:
         """Return the protocol that answers one refused connection with ERROR 5."""

@@ -9,6 +9,7 @@ from ..core.decoder import DEFAULT_MAX_PAYLOAD
 from ..core.header import SPF1, HeaderSpec
 from ..serving.proxy import ProxySettings
 from ..serving.settings import ServiceSettings, StreamSettings, check_timeout
+from ..serving.streaming import is_streaming
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "FrameSettings"]
 
@@ -22,14 +23,16 @@ class FrameSettings(StreamSettings):
 
     :ivar header: the wire header.
     :ivar max_payload: the largest request accepted; clamped here, and only here, to
-        what the header's length field can express.
+        what the header's length field can express.  Given as ``None`` (a streaming
+        handler only): that limit.
     :ivar max_in_flight: unanswered requests allowed per connection before reading pauses.
     :ivar idle_timeout: seconds without a whole frame and without an answer owed
         before a connection is closed; ``None``: never.
     :ivar proxy: every connection starts with a PROXY header (see
         :class:`~sockproto.serving.proxy.ProxySettings`); ``None``: none does.
-    :raises ValueError: for a negative ``max_payload``, a ``max_in_flight`` under 1 or
-        a timeout that is neither ``None`` nor positive.
+    :raises ValueError: for a negative ``max_payload`` (or ``None`` with a handler that
+        does not stream), a ``max_in_flight`` under 1 or a timeout that is neither
+        ``None`` nor positive.
     """
 
     header: HeaderSpec = SPF1
@@ -39,6 +42,13 @@ class FrameSettings(StreamSettings):
     proxy: ProxySettings | None = None
 
     def __post_init__(self) -> None:
+        if self.max_payload is None:  # accepted as an input
+            if not is_streaming(self.handler):
+                raise ValueError(
+                    "max_payload=None (no limit but the header's) is for a streaming handler only: "
+                    "any other holds the whole request"
+                )
+            object.__setattr__(self, "max_payload", self.header.max_payload)
         if self.max_payload < 0:
             raise ValueError(f"max_payload must be >= 0, not {self.max_payload}")
         if self.max_in_flight < 1:

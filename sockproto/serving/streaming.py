@@ -20,16 +20,24 @@ push producer (:class:`AnswerWriter`) to pause the answer for a slow client.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from ..core.halfclose_stream import StreamingRequest as StreamingState
 from ..request import Request
 
-__all__ = ["AnswerWriter", "Body", "StreamingRequest", "is_streaming", "streaming", "streaming_form"]
+__all__ = [
+    "AnswerWriter",
+    "Body",
+    "BodySource",
+    "BodyTruncated",
+    "StreamingRequest",
+    "is_streaming",
+    "streaming",
+    "streaming_form",
+]
 
 _MARK = "__sockproto_streaming__"
 _FORM = "__sockproto_streaming_form__"
@@ -62,19 +70,43 @@ def offer_streaming_form(handler: Callable[..., Any], form: Callable[..., Any]) 
     setattr(handler, _FORM, streaming(form))
 
 
+class BodyTruncated(ConnectionError):
+    """The connection ended (or stalled past its timeout) before the request's body did."""
+
+
+class BodySource(Protocol):
+    """What a :class:`Body` reads from: a connection's sans-IO body state.
+
+    :class:`~sockproto.core.halfclose_stream.StreamingRequest` (half-close) and
+    :class:`~sockproto.core.frame_stream.FrameBody` (frame) are such states.
+    """
+
+    @property
+    def ended(self) -> bool: ...
+    @property
+    def finished(self) -> bool: ...
+    @property
+    def paused(self) -> bool: ...
+    @property
+    def truncated(self) -> bool: ...
+    def take(self) -> bytes | None: ...
+    def resume_wanted(self) -> bool: ...
+
+
 class Body:
     """The body of a streamed request: ``async for chunk in body`` (chunks of ``bytes``).
 
-    Backed by the connection's :class:`~sockproto.core.halfclose_stream.StreamingRequest`:
-    taking a chunk may resume the transport's reading (``resume``).  Iterate it in a
-    coroutine driven by Twisted (a handler's ``async def``).
+    Backed by the connection's body state (a :class:`BodySource`): taking a chunk may
+    resume the transport's reading (``resume``).  Iterate it in a coroutine driven by
+    Twisted (a handler's ``async def``).  A body cut short by the connection's end
+    (frame service: the frame never completed) raises :class:`BodyTruncated`.
 
     :ivar received: body bytes taken so far.
     """
 
     __slots__ = ("_resume", "_state", "_waiter", "received")
 
-    def __init__(self, state: StreamingState, resume: Callable[[], None]) -> None:
+    def __init__(self, state: BodySource, resume: Callable[[], None]) -> None:
         self._state = state
         self._resume = resume
         self._waiter: Deferred[bytes | None] | None = None
@@ -88,16 +120,21 @@ class Body:
         chunk = state.take()
         if chunk is None:
             if state.ended or state.finished:
-                raise StopAsyncIteration
+                raise self._end()
             waiter = self._waiter = Deferred()
             got = await waiter
             if got is None:
-                raise StopAsyncIteration
+                raise self._end()
             chunk = got
         if state.paused and state.resume_wanted():
             self._resume()
         self.received += len(chunk)
         return chunk
+
+    def _end(self) -> Exception:
+        if self._state.truncated:
+            return BodyTruncated(f"the connection ended after {self.received} bytes of the request body")
+        return StopAsyncIteration()
 
     async def read(self) -> bytes:
         """The whole body, joined (for small bodies only: it holds all of it)."""

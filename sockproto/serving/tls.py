@@ -28,7 +28,7 @@ import datetime
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 from twisted.internet.interfaces import (
@@ -55,6 +55,8 @@ __all__ = [
     "tls_client_error",
     "tls_refusal",
 ]
+
+R = TypeVar("R", bound=Request)
 
 # what a client is told, by OpenSSL's reason: why the server ended the handshake
 _CLIENT_HINTS: Final = (
@@ -131,23 +133,24 @@ def peer_certificate(transport: object) -> PeerCertificate | None:
     return PeerCertificate.from_cryptography(x509_cert.to_cryptography())
 
 
-def request_type(transport: object) -> type[Request]:
+def request_type(transport: object, base: type[R] = Request) -> type[R]:  # type: ignore[assignment]
     """The class to build the requests of ``transport``'s connection with.
 
     :class:`~sockproto.request.Request` itself (``peer_certificate`` is ``None``) unless
     the connection is TLS with a client certificate: then a subclass whose
-    ``peer_certificate`` is that certificate.  Call it once the handshake is done (at
-    the first bytes received: TLS delivers none before).
+    ``peer_certificate`` is that certificate.  ``base``: the class to start from (a
+    streaming handler's :class:`~sockproto.serving.streaming.StreamingRequest`).  Call
+    it once the handshake is done (at the first bytes received: TLS delivers none before).
     """
     cert = peer_certificate(transport)
-    return Request if cert is None else _certified_request(cert)
+    return base if cert is None else cast("type[R]", _certified_request(cert, cast("type", base)))
 
 
 @functools.lru_cache(maxsize=1024)
-def _certified_request(cert: PeerCertificate) -> type[Request]:
-    """One :class:`Request` subclass per certificate (a client reconnecting reuses it)."""
+def _certified_request(cert: PeerCertificate, base: type) -> type:
+    """One subclass of ``base`` per certificate (a client reconnecting reuses it)."""
     return type(
-        "Request", (Request,), {"__slots__": (), "peer_certificate": cert, "__module__": Request.__module__}
+        base.__name__, (base,), {"__slots__": (), "peer_certificate": cert, "__module__": base.__module__}
     )
 
 

@@ -6,14 +6,17 @@ from typing import Any, ClassVar
 
 from twisted.application.service import IService
 
+from ..core.decoder import DEFAULT_MAX_PAYLOAD
 from ..core.header import PRESETS
+from ..core.units import parse_size_or_none
 from ..frame.server import DEFAULT_MAX_IN_FLIGHT, FrameServerFactory
+from ..serving.streaming import streaming_form
 from .options import (
     StreamServiceOptions,
+    no_limit_needs_streaming,
     optional,
     parse_count,
     parse_duration,
-    parse_size,
     plugin_service,
     server_service,
 )
@@ -47,7 +50,13 @@ class Options(StreamServiceOptions):
     plugin = "sockproto-frame"
     optParameters: ClassVar[list[list[Any]]] = [
         ["header", None, "spf1", f"the wire header: {', '.join(PRESETS)}"],
-        ["max-payload", None, "16MiB", "the largest request accepted (65536, 64KiB, 16MiB...)"],
+        [
+            "max-payload",
+            None,
+            "16MiB",
+            "the largest request accepted (65536, 64KiB, 16MiB...); none: what the header can say, "
+            "for a streaming handler; over 16MiB or none, sha256 takes request frames in pieces",
+        ],
         ["max-in-flight", None, str(DEFAULT_MAX_IN_FLIGHT), "unanswered requests per connection"],
         [
             "idle-timeout",
@@ -60,7 +69,8 @@ class Options(StreamServiceOptions):
     def postOptions(self) -> None:
         super().postOptions()
         self.convert("header", _parse_header)
-        self.convert("max-payload", parse_size)
+        self.convert("max-payload", parse_size_or_none)
+        no_limit_needs_streaming(self, "max-payload")
         self.convert("max-in-flight", parse_count)
         self.convert("idle-timeout", optional(parse_duration))
 
@@ -73,10 +83,15 @@ def makeService(options: Options) -> IService:
 def build(options: Options) -> IService:
     """Build the frame service serving in this process."""
     handler, threads = options.handler()
+    max_payload = options["max-payload"]
+    if threads is None and (max_payload is None or max_payload > DEFAULT_MAX_PAYLOAD):
+        # large requests: sha256 takes request frames in pieces, in bounded memory (small
+        # ones stay whole: a streamed request costs a coroutine and a body per request)
+        handler = streaming_form(handler)
     factory = FrameServerFactory(
         handler,
         header=options["header"],
-        max_payload=options["max-payload"],
+        max_payload=max_payload,
         max_in_flight=options["max-in-flight"],
         max_connections=options["max-connections"],
         idle_timeout=options["idle-timeout"],

@@ -10,8 +10,14 @@ from twisted.python import usage
 
 from ..core.units import parse_size_or_none
 from ..halfclose.server import DEFAULT_MAX_REQUEST, DEFAULT_REQUEST_TIMEOUT, HalfCloseServerFactory
-from ..serving.streaming import is_streaming, streaming_form
-from .options import StreamServiceOptions, parse_duration, plugin_service, server_service
+from ..serving.streaming import streaming_form
+from .options import (
+    StreamServiceOptions,
+    no_limit_needs_streaming,
+    parse_duration,
+    plugin_service,
+    server_service,
+)
 
 __all__ = ["DEFAULT_LISTEN", "PROXY_TYPES", "TLS_TYPES", "Options", "build", "makeService"]
 
@@ -59,12 +65,7 @@ class Options(StreamServiceOptions):
     def postOptions(self) -> None:
         super().postOptions()
         self.convert("max-request", parse_size_or_none)
-        streams = not self["threads"] and is_streaming(streaming_form(self["handler"]))
-        if self["max-request"] is None and not streams:
-            raise usage.UsageError(
-                "--max-request none: only for a streaming handler (sha256, or one marked with "
-                "sockproto.serving.streaming.streaming), without --threads: any other holds the whole request"
-            )
+        no_limit_needs_streaming(self, "max-request")
         self.convert("request-timeout", parse_duration)
 
     def server_endpoint(self, text: str) -> Any:

@@ -38,6 +38,7 @@ from ..serving.proxy import (
 )
 from ..serving.reuse import REUSE_PORT_SUPPORTED, AdoptingReactor, ReusePortReactor, socket_family
 from ..serving.service import DEFAULT_DRAIN_TIMEOUT, DrainableFactory, ServerService
+from ..serving.streaming import is_streaming, streaming_form
 from ..serving.threads import ThreadedHandler
 from ..serving.worker import WorkerChild, WorkerContext, inherited
 from ..serving.workers import Listener, WorkerParent
@@ -129,6 +130,21 @@ def parse_rate(text: str) -> float:
     if not 0 < value < float("inf"):
         raise ValueError(f"expected a positive number per second, got {text!r}")
     return value
+
+
+def no_limit_needs_streaming(options: Any, option: str) -> None:
+    """Refuse ``--OPTION none`` unless the handler streams (and ``--threads`` is off).
+
+    :raises usage.UsageError: naming the option: any other handler holds the whole request.
+    """
+    if options[option] is not None:
+        return
+    if not options["threads"] and is_streaming(streaming_form(options["handler"])):
+        return
+    raise usage.UsageError(
+        f"--{option} none: only for a streaming handler (sha256, or one marked with "
+        "sockproto.serving.streaming.streaming), without --threads: any other holds the whole request"
+    )
 
 
 def optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:

@@ -87,6 +87,7 @@ def parse_frames(
             raise ValueError(f"not a valid {header.name} frame after {len(frames)} frames: {event.reason}")
         if isinstance(event, (Oversized, UnexpectedKind)):
             raise ValueError(f"frame {len(frames)} announces {event.length} bytes, over the limit")
+        assert isinstance(event, Frame)  # no stream_kinds: no streamed events
         frames.append(AnswerFrame(_kind(event.kind), event.id, event.payload))
     if not decoder.idle:
         raise ValueError(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import signal
 import socket
 import struct
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import BIN, ROOT, free_port, run_twistd, twistd, wait_for_port
+from ..helpers import BIN, ROOT, free_port, run_twistd, socket_activated_twistd, twistd, wait_for_port
 
 PLUGINS = ROOT / "twisted" / "plugins" / "sockproto_plugins.py"
 
@@ -135,26 +134,9 @@ def test_port_in_use_fails_start(tmp_path: Path) -> None:
 
 def test_systemd_socket_activation(tmp_path: Path) -> None:
     """systemd hands over a listening socket as fd 3 (LISTEN_FDS, LISTEN_PID)."""
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    fd = listener.fileno()
-    # What systemd does: the socket as fd 3, LISTEN_PID = the pid that execs the server.
-    wrapper = (
-        "import os, sys\n"
-        "os.dup2(int(sys.argv[1]), 3)\n"
-        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='frame')\n"
-        "os.execv(sys.argv[2], sys.argv[2:])\n"
+    proc, port = socket_activated_twistd(
+        "sockproto-frame", "--listen", "systemd:domain=INET:index=0", cwd=tmp_path
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", wrapper, str(fd), str(BIN / "twistd"), "--pidfile=", "-n",
-         "sockproto-frame", "--listen", "systemd:domain=INET:index=0"],
-        cwd=tmp_path, pass_fds=(fd,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )  # fmt: skip
-    listener.close()
     try:
         assert frame_request(port, b"activated") == b"activated"
     finally:

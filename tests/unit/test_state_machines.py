@@ -33,6 +33,7 @@ from .machines_datagram import DatagramServerMachine
 from .machines_datagram_rules import DatagramRulesMachine
 from .machines_frame import FrameConnectionMachine, FrameServerMachine
 from .machines_frame_client import FrameClientMachine
+from .machines_frame_stream import FrameStreamMachine
 from .machines_halfclose import HalfCloseServerMachine
 
 STEPS = settings(stateful_step_count=50, deadline=None)
@@ -48,6 +49,9 @@ class FrameMachineTests(SynchronousTestCase):
 
     def test_client(self) -> None:
         run_state_machine_as_test(FrameClientMachine, settings=STEPS)
+
+    def test_streaming_connection(self) -> None:
+        run_state_machine_as_test(FrameStreamMachine, settings=STEPS)
 
 
 class HalfCloseMachineTests(SynchronousTestCase):
