@@ -258,6 +258,11 @@ class ServiceOptions(usage.Options):
         self.convert("handler", resolve_handler)
         self.convert("handler-timeout", optional(parse_duration))
         self.convert("threads", parse_non_negative_count)
+        if self["threads"] and is_streaming(self["handler"]):
+            raise usage.UsageError(
+                "--threads: the handler streams (it takes the request's body in chunks, in the "
+                "reactor thread, and hands blocking work to a thread itself): run it without --threads"
+            )
         self.convert("drain-timeout", parse_non_negative_duration)
         self.convert("drain-grace", parse_non_negative_duration)
         if self["metrics"] is not None:

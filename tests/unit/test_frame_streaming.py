@@ -471,3 +471,9 @@ class TapTests(SynchronousTestCase):
                 self.assertRaises(UsageError, tap.Options().parseOptions, [*argv, "--max-payload", "none"])
             )
             self.assertIn("streaming handler", error)
+
+    def test_a_streaming_handler_is_refused_with_threads(self) -> None:
+        argv = ["--handler", "sockproto.handlers:sha256_stream", "--threads", "2"]
+        error = str(self.assertRaises(UsageError, tap.Options().parseOptions, argv))
+        self.assertIn("--threads", error)
+        self.assertIn("streams", error)
