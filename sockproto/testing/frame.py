@@ -77,7 +77,7 @@ class FramePair:
 
 
 def _factory(
-    handler: Handler | FrameServerFactory, header: HeaderSpec, max_payload: int, max_in_flight: int
+    handler: Handler | FrameServerFactory, header: HeaderSpec, max_payload: int | None, max_in_flight: int
 ) -> FrameServerFactory:
     if isinstance(handler, FrameServerFactory):
         return handler
@@ -88,7 +88,7 @@ def frame_pair(
     handler: Handler | FrameServerFactory,
     *,
     header: HeaderSpec = SPF1,
-    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    max_payload: int | None = DEFAULT_MAX_PAYLOAD,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     clock: IReactorTime | None = None,
     peer: IPv4Address | IPv6Address = CLIENT_ADDRESS,
@@ -102,6 +102,9 @@ def frame_pair(
         (then ``header``, ``max_payload`` and ``max_in_flight`` configure only the client
         and are otherwise ignored).
     :param header: the wire header, for both sides.
+    :param max_payload: the server's (``None`` for a streaming handler: what the header
+        can say; see :func:`~sockproto.serving.streaming.streaming`); the client takes
+        answers up to the header's limit then.
     :param clock: the client's clock for timeouts (a new
         :class:`~twisted.internet.task.Clock` by default: no real timer is ever set).
     :param peer: the client's address, as the handler sees it in ``request.peer``.

@@ -26,7 +26,7 @@ from sockproto.handlers import echo, sha256, sha256_stream
 from sockproto.serving.metrics import ServiceMetrics
 from sockproto.serving.streaming import BodyTruncated, streaming, streaming_form
 from sockproto.tap import frame as tap
-from sockproto.testing import HalfCloseTransport
+from sockproto.testing import HalfCloseTransport, frame_pair
 from sockproto.testing.frames import parse_frames as split_frames
 
 MiB = 1024 * 1024
@@ -477,3 +477,22 @@ class TapTests(SynchronousTestCase):
         error = str(self.assertRaises(UsageError, tap.Options().parseOptions, argv))
         self.assertIn("--threads", error)
         self.assertIn("streams", error)
+
+
+class TestingHarnessTests(SynchronousTestCase):
+    """Users test their streaming frame handlers with ``sockproto.testing.frame_pair``."""
+
+    def test_frame_pair_serves_a_streaming_handler_in_pieces(self) -> None:
+        pieces: list[int] = []
+
+        @streaming
+        async def sizes(request: Any) -> bytes:
+            async for chunk in request.body:
+                pieces.append(len(chunk))
+            return b"%d pieces" % len(pieces)
+
+        pair = frame_pair(sizes, max_payload=None, chunk_size=256 * 1024)  # reads as a socket gives them
+        answer = self.successResultOf(pair.request(b"x" * (3 * MiB)))
+        self.assertEqual(sum(pieces), 3 * MiB)
+        self.assertEqual(max(pieces), 256 * 1024)  # one piece per read, never joined
+        self.assertEqual(answer, b"%d pieces" % len(pieces))
