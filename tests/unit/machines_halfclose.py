@@ -55,8 +55,8 @@ class HalfCloseServerMachine(RuleBasedStateMachine):
         super().__init__()
         self.started = False
 
-    @initialize(max_request=st.integers(0, 40), timeout=st.integers(1, 10))
-    def start(self, max_request: int, timeout: int) -> None:
+    @initialize(max_request=st.integers(0, 40), timeout=st.integers(1, 10), quiet=st.booleans())
+    def start(self, max_request: int, timeout: int, quiet: bool) -> None:
         self.max_request = max_request
         self.timeout = timeout
         self.clock = Clock()
@@ -64,6 +64,7 @@ class HalfCloseServerMachine(RuleBasedStateMachine):
         self.factory = HalfCloseServerFactory(
             self.handler, max_request=max_request, request_timeout=timeout, clock=self.clock
         )
+        self.factory.noisy = not quiet  # a quiet factory's connections take the inlined tracking path
         self.conns: list[_Conn] = []
         self.port = 40000
         self.started = True
@@ -184,6 +185,10 @@ class HalfCloseServerMachine(RuleBasedStateMachine):
                 assert t.lost and t.value() == b""
         live = {c.proto for c in self.conns if not c.transport.lost}
         assert self.factory.connections == live, (len(self.factory.connections), len(live))
+        metrics = self.factory.metrics
+        assert (metrics.connections_open, metrics.connections_total) == (len(live), len(self.conns))
+        waiting = {c.proto for c in self.conns if c.state == "open" and not c.transport.lost}
+        assert set(self.factory.sweep.waiting) <= waiting  # white box: none left behind
 
     def teardown(self) -> None:
         if not self.started:

@@ -133,7 +133,7 @@ class TrackerTests(SynchronousTestCase):
         waiting = tracker.closed_all()
         waiting.cancel()
         self.failureResultOf(waiting)
-        self.assertEqual(tracker._waiting, [])
+        self.assertEqual(tracker.waiters, [])
 
 
 class InlinePool:

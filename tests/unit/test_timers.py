@@ -204,6 +204,26 @@ class HoldTests(QueueCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class ClockTests(QueueCase):
+    def test_seconds_is_the_clocks(self) -> None:
+        self.clock.advance(7)
+        self.assertEqual(self.queue.seconds(), 7)
+        other = Clock()
+        other.advance(3)
+        self.queue.clock = other
+        self.assertEqual(self.queue.seconds(), 3)
+        self.assertIs(self.queue.clock, other)
+
+    def test_without_a_clock_seconds_is_the_reactors(self) -> None:
+        from twisted.internet import reactor
+
+        queue = TimerQueue()
+        self.assertIsNone(queue.clock)
+        now = queue.seconds()
+        self.assertIs(queue.clock, reactor)  # found on first use
+        self.assertLessEqual(now, queue.seconds())
+
+
 class Waiter(TimeoutMixin):
     """A connection with a TimeoutMixin, on a queue."""
 
@@ -271,6 +291,38 @@ class SweepTests(QueueCase):
         self.clock.advance(7)  # the clock jumps: the sweep runs at 7, past the deadline
         self.assertEqual(self.fired, ["w"])
         self.assertEqual(w.timeOut, 0)
+
+    def test_a_hot_path_may_do_add_and_discard_itself(self) -> None:
+        """The contract a protocol inlines: an entry in ``waiting``, start(), stop_if_idle()."""
+        self.clock.advance(2)
+        w = Waiter(self.queue, self.fired, "w")
+        self.sweep.waiting[w] = self.queue.seconds() + 10
+        self.assertFalse(self.sweep.running)
+        self.sweep.start()
+        self.assertTrue(self.sweep.running)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        del self.sweep.waiting[w]
+        self.sweep.stop_if_idle()
+        self.assertFalse(self.sweep.running)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.sweep.waiting[w] = self.queue.seconds() + 10
+        self.sweep.start()
+        self.clock.advance(1)  # the sweep: the timer set with the time left, the sweep done
+        self.assertEqual((w.timeOut, self.sweep.running, len(self.sweep)), (9, False, 0))
+        self.clock.advance(9)
+        self.assertEqual(self.fired, ["w"])
+
+    def test_stop_if_idle_keeps_the_sweep_of_a_held_queue_or_of_waiting_connections(self) -> None:
+        w = self.waiter("w", 10)
+        self.sweep.stop_if_idle()  # w waits
+        self.assertTrue(self.sweep.running)
+        self.queue.hold()
+        self.sweep.discard(w)
+        self.assertTrue(self.sweep.running)  # held: the next connection reuses it
+        self.queue.release()
+        self.sweep.release()
+        self.assertFalse(self.sweep.running)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_held_queue_keeps_the_sweep_release_drops_it(self) -> None:
         self.queue.hold()
