@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,15 +20,18 @@ from sockproto.core.decoder import Frame, FrameDecoder, Oversized, StreamPiece, 
 from sockproto.core.frame_connection import FrameServerConnection
 from sockproto.core.frame_stream import DEFAULT_HIGH_WATER, BodyHold, FrameBody
 from sockproto.core.header import INT32, SPF1
+from sockproto.core.proxy_encode import encode_v2
 from sockproto.core.spf1 import ErrorCode, Kind, decode_error
 from sockproto.frame.server import FrameServerFactory
 from sockproto.frame.streaming import FrameStreamingProtocol
 from sockproto.handlers import echo, sha256, sha256_stream
 from sockproto.serving.metrics import ServiceMetrics
+from sockproto.serving.proxy import ProxySettings
 from sockproto.serving.streaming import BodyTruncated, streaming, streaming_form
 from sockproto.tap import frame as tap
 from sockproto.testing import HalfCloseTransport, frame_pair
 from sockproto.testing.frames import parse_frames as split_frames
+from sockproto.testing.memory import CLIENT_ADDRESS, connect_protocols
 
 MiB = 1024 * 1024
 REQ, PING = int(Kind.REQUEST), int(Kind.PING)
@@ -496,3 +500,31 @@ class TestingHarnessTests(SynchronousTestCase):
         self.assertEqual(sum(pieces), 3 * MiB)
         self.assertEqual(max(pieces), 256 * 1024)  # one piece per read, never joined
         self.assertEqual(answer, b"%d pieces" % len(pieces))
+
+    def test_behind_a_proxy_header_the_handler_sees_the_true_client(self) -> None:
+        peers: list[Any] = []
+
+        @streaming
+        async def who(request: Any) -> bytes:
+            peers.append(request.peer)
+            return b"%d" % len(await request.body.read())
+
+        factory = FrameServerFactory(who, max_payload=None, proxy=ProxySettings())
+        client = Recorder()
+        server = factory.buildProtocol(CLIENT_ADDRESS)
+        conn = connect_protocols(server, client, client_address=CLIENT_ADDRESS, chunk_size=64 * 1024)
+        header = encode_v2(("203.0.113.7", 40000), ("192.0.2.1", 8750))
+        conn.client_transport.write(header + frame(b"q" * (1024 * 1024), 5))
+        conn.flush()
+        self.assertEqual(split_frames(client.received), [(Kind.RESPONSE, 5, b"1048576")])
+        self.assertEqual((peers[0].host, peers[0].port), ("203.0.113.7", 40000))
+
+
+class Recorder(Protocol):
+    """A client that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
