@@ -49,7 +49,8 @@ class ServiceMetrics:
     :ivar in_flight: handlers running now, whose answer is awaited (a gauge).
     :ivar cache_hits: retransmissions answered from the reply cache (datagram).
     :ivar reads_paused: times a streaming handler's body buffer filled and reading paused
-        (half-close streaming: the client's sends block until the handler catches up).
+        (half-close and frame streaming: the client's sends block until the handler
+        catches up).
     :ivar answers_paused: times a slow client paused a streamed answer (its transport's
         buffer was full).
     """
