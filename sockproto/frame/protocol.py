@@ -330,10 +330,15 @@ class FrameServerProtocol(StreamServerProtocol):
         Reading stops, except while a frame is partly received: a request whose first
         bytes arrived is completed and answered.  Every request received is answered;
         the connection closes once nothing more is owed (at once if nothing is).
-        Before the end of a PROXY header, it closes at once.
+        Before the end of a PROXY header, it closes at once.  A connection from which
+        nothing was read yet reads on for
+        :data:`~sockproto.serving.stream.FIRST_READ_GRACE` first: its request may be
+        in the socket's buffer already.
         """
         if self._proxy is not None:
             self._proxy_drop(None, "", reset=False)
+            return
+        if self._conn is None and self._drain_after_grace():
             return
         conn = self._conn or self._connect()
         conn.start_drain()

@@ -447,14 +447,18 @@ class HalfCloseServerProtocol(StreamServerProtocol):
             self._reset()
 
     def drain(self) -> None:
-        """Shut down gracefully: a connection that has sent nothing is reset at once.
+        """Shut down gracefully: a connection that has sent nothing is reset.
 
-        One whose request is arriving, or whose handler runs, goes on as usual (its
-        answer, then FIN) within the drain's deadline and the request timeout.  One
-        still inside its PROXY header is reset at once too.
+        It reads on for :data:`~sockproto.serving.stream.FIRST_READ_GRACE` first (its
+        request may be in the socket's buffer already, not read yet).  One whose
+        request is arriving, or whose handler runs, goes on as usual (its answer, then
+        FIN) within the drain's deadline and the request timeout.  One still inside its
+        PROXY header is reset at once.
         """
         if self._proxy is not None:
             self._proxy_drop(None, "")
+            return
+        if self.exchange.idle and self._drain_after_grace():
             return
         if self.exchange.idle and self.exchange.reset(ResetReason.SHUTDOWN):
             if not self._uncounted:  # a LOCAL health check is no request abandoned

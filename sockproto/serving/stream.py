@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, Final, TypeVar, cast
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
@@ -41,9 +41,14 @@ from .settings import Setting, StreamSettings
 from .timers import TimeoutSweep, TimerQueue
 from .tls import tls_refusal
 
-__all__ = ["StreamServerFactory", "StreamServerProtocol"]
+__all__ = ["FIRST_READ_GRACE", "StreamServerFactory", "StreamServerProtocol"]
 
 _LOST = Failure(ConnectionDone())
+
+FIRST_READ_GRACE: Final = 0.05
+"""Seconds a drain gives a connection from which nothing was read yet, before it counts
+as idle.  Accepted just before the drain, its first request may already be in the
+socket's buffer, sent but not read by the reactor yet (a rolling restart's race)."""
 
 P = TypeVar("P", bound="StreamServerProtocol")
 
@@ -68,6 +73,7 @@ class StreamServerProtocol(TimeoutMixin, Protocol, ProxyHeaderState):
     settings: StreamSettings
     peer: IAddress | None = None
     _sweeping = False  # the sweep holds a deadline for this connection (_time_out_in)
+    _read_grace_over = False  # a drain waited FIRST_READ_GRACE for a first read (_drain_after_grace)
 
     @classmethod
     def from_settings(cls: type[P], settings: StreamSettings) -> P:
@@ -201,6 +207,27 @@ class StreamServerProtocol(TimeoutMixin, Protocol, ProxyHeaderState):
             limiter.log(self._log, category, level, fmt, peer=self.peer, service=self.kind, **fields)
 
     # -- shutdown ---------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Shut down gracefully: each service's protocol says how."""
+        raise NotImplementedError
+
+    def _drain_after_grace(self) -> bool:
+        """For a drain finding nothing read from the connection yet: drain again in
+        :data:`FIRST_READ_GRACE` seconds (reading on until then), unless that wait is over.
+
+        :return: whether the drain is to wait (``False``: the grace is over, drain now).
+        """
+        if self._read_grace_over:
+            return False
+        self._read_grace_over = True
+        self._clock().callLater(FIRST_READ_GRACE, self._drain_late)
+        return True
+
+    def _drain_late(self) -> None:
+        tracker = self.settings.tracker
+        if tracker is None or self in tracker.open:  # still open: drain it now
+            self.drain()
 
     def fail_health_checks(self) -> None:
         """The service is about to stop: fail health checks (nothing to do for a service without them)."""

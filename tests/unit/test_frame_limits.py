@@ -16,6 +16,7 @@ from sockproto.frame.protocol import FrameServerProtocol
 from sockproto.frame.refusal import LINGER, MAX_LINGERING, FrameRefusal, Lingering
 from sockproto.frame.server import FrameServerFactory
 from sockproto.handlers import echo
+from sockproto.serving.stream import FIRST_READ_GRACE
 from sockproto.testing import frame_exchange, frame_pair
 from sockproto.testing.memory import connect_protocols
 
@@ -336,13 +337,27 @@ class HalfCloseTests(Case):
 
 
 class DrainTests(Case):
-    def test_an_idle_connection_closes_at_once(self) -> None:
+    def test_an_idle_connection_closes_after_the_first_read_grace(self) -> None:
         factory = self.factory()
         wire = Wire(factory)
         drained = factory.drain()
         wire.connection.flush()
+        self.assertFalse(wire.closed)  # its request may be in the socket's buffer, not read yet
+        self.clock.advance(FIRST_READ_GRACE)
+        wire.connection.flush()
         self.assertTrue(wire.closed)
         self.assertFalse(wire.reset)
+        self.successResultOf(drained)
+
+    def test_a_request_read_within_the_first_read_grace_is_answered(self) -> None:
+        factory = self.factory()
+        wire = Wire(factory)
+        drained = factory.drain()
+        wire.send(request(b"just in time", 7))  # accepted before the drain, read after it
+        self.clock.advance(FIRST_READ_GRACE)
+        wire.connection.flush()
+        self.assertEqual([(f.id, f.payload) for f in wire.frames()], [(7, b"just in time")])
+        self.assertTrue(wire.closed)
         self.successResultOf(drained)
 
     def test_requests_received_are_answered_then_the_connection_closes(self) -> None:

@@ -16,6 +16,7 @@ from sockproto.halfclose.server import (
     HalfCloseServerProtocol,
 )
 from sockproto.handlers import echo
+from sockproto.serving.stream import FIRST_READ_GRACE
 
 from .stream_peers import Wire
 
@@ -145,6 +146,9 @@ class DrainTests(Case):
         busy = self.ask(factory, b"slow")
         drained = factory.drain()
         idle.connection.flush()
+        self.assertFalse(idle.reset)  # its request may be in the socket's buffer, not read yet
+        self.clock.advance(FIRST_READ_GRACE)
+        idle.connection.flush()
         self.assertTrue(idle.reset)
         self.assertNoResult(drained)
         sending.send(b"second half")
@@ -157,6 +161,18 @@ class DrainTests(Case):
         self.successResultOf(drained)
         m = factory.metrics
         self.assertEqual((m.requests, m.answers, m.abandoned), (3, 2, 1))
+
+    def test_a_request_read_within_the_first_read_grace_is_answered(self) -> None:
+        factory = self.factory()
+        late = Wire(factory)
+        drained = factory.drain()
+        late.send(b"just in time")  # accepted before the drain, read after it
+        late.half_close()
+        self.clock.advance(FIRST_READ_GRACE)
+        late.connection.flush()
+        self.assertEqual(bytes(late.peer.data), b"just in time")
+        self.assertFalse(late.reset)
+        self.successResultOf(drained)
 
     def test_abort(self) -> None:
         factory = self.factory(lambda r: Deferred())
