@@ -124,6 +124,16 @@ def _ignore(category: str, message: str) -> None:
     """The default :data:`Report`: nothing is logged."""
 
 
+class _Sized:
+    """The mark ending the frames of a sized answer: its payload follows in pieces."""
+
+    __slots__ = ("length", "request")
+
+    def __init__(self, request: object, length: int) -> None:
+        self.request = request
+        self.length = length
+
+
 class FrameServerConnection(Generic[R]):
     """The server side of one frame connection.
 
@@ -157,10 +167,13 @@ class FrameServerConnection(Generic[R]):
         "_backlog",
         "_decoder",
         "_frame_type",
+        "_held_out",
         "_ordered",
         "_out",
         "_owed",
         "_reading",
+        "_sending",
+        "_sending_left",
         "_serving",
         "_streamed",
         "_streams",
@@ -223,6 +236,11 @@ class FrameServerConnection(Generic[R]):
         self._backlog: list[Any] | tuple[()] = ()  # decoded events held back by flow control
         self._out: list[bytes] = []  # bytes due, joined by data_to_send
         self._write_paused = False  # an input: the peer does not read (pause_writing)
+        # a sized answer whose payload goes out in pieces (answer_sized): its request,
+        # the bytes it still owes, and the frames due after it, held until it ends
+        self._sending: object = None
+        self._sending_left = 0
+        self._held_out: list[list[Any]] = []
         self._reading = True  # what the caller was last told (reading_change)
         self._serving = False  # inside serve(): answers join the batch, no state change
 
@@ -268,7 +286,13 @@ class FrameServerConnection(Generic[R]):
             pass
         elif state is not _DRAINING or self.between_frames:
             return False
-        return not (self._backlog or self._write_paused or self.in_flight >= self.max_in_flight or paused)
+        return not (
+            self._backlog
+            or self._write_paused
+            or self.in_flight >= self.max_in_flight
+            or paused
+            or self._sending is not None
+        )
 
     @property
     def hold(self) -> BodyHold | None:
@@ -318,7 +342,12 @@ class FrameServerConnection(Generic[R]):
         events = decoder.feed(data)
         if self._streams is not None and self._streams.incoming is not None:
             events = self._feed_body(events)  # the rest of an admitted streamed frame: never held back
-        if self._backlog or self._write_paused or self.in_flight >= self.max_in_flight:
+        if (
+            self._backlog
+            or self._write_paused
+            or self.in_flight >= self.max_in_flight
+            or self._sending is not None
+        ):
             self._hold_back(events)
         else:
             self._serve(events, handler, later)
@@ -331,6 +360,7 @@ class FrameServerConnection(Generic[R]):
             and not self._serving
             and self.state in _SERVING
             and not self._write_paused
+            and self._sending is None
             and self.in_flight < self.max_in_flight
         ):
             events, self._backlog = list(self._backlog), ()
@@ -411,13 +441,21 @@ class FrameServerConnection(Generic[R]):
                         slow += 1
                         self._hand_over(event, result, None, later)
                         owed = self._owed  # it may have been created
-                    if self.state not in _SERVING or self._write_paused or self.in_flight >= max_in_flight:
+                    if (
+                        self.state not in _SERVING
+                        or self._write_paused
+                        or self.in_flight >= max_in_flight
+                        or self._sending is not None
+                    ):
                         break
                 elif type(event) is StreamPiece:
                     pieces += 1
                     self._piece(event)
                     if event.last and (
-                        self.state not in _SERVING or self._write_paused or self.in_flight >= max_in_flight
+                        self.state not in _SERVING
+                        or self._write_paused
+                        or self.in_flight >= max_in_flight
+                        or self._sending is not None
                     ):
                         break
                 elif type(event) is StreamStart:
@@ -535,7 +573,7 @@ class FrameServerConnection(Generic[R]):
         """``request`` will not be answered (its handler was cancelled, its connection lost)."""
         self._took_back(request)
 
-    def _send(self, request: R, frames: list[bytes], fatal: bool = False) -> None:
+    def _send(self, request: R, frames: list[Any], fatal: bool = False) -> None:
         """Send the answer to ``request`` now, or at the end of its frame if it is still arriving."""
         if self._streams is None or not self._streams.hold_early(request, frames, fatal):
             self._deliver(request, frames, fatal)
@@ -561,7 +599,7 @@ class FrameServerConnection(Generic[R]):
             return [], True  # no error channel (or none this short): close instead
         return [self.header.pack_frame_header(_ERROR, ident or 0, len(payload)), payload], False
 
-    def _deliver(self, request: object, frames: list[bytes], fatal: bool = False) -> None:
+    def _deliver(self, request: object, frames: list[Any], fatal: bool = False) -> None:
         """Send ``frames`` now, or in request order; ``fatal`` closes after them.
 
         ``request`` is the request they answer (owed in request order), or ``None`` for
@@ -571,24 +609,96 @@ class FrameServerConnection(Generic[R]):
             self._stop()
         owed = self._owed
         if not self._ordered or (request is None and not owed):
-            self._out += frames
+            self._emit(frames)
             return
         if request is None:
             request = object()
         if not owed:
             return  # cleared by an earlier fatal answer: nothing after it is sent
         owed[request] = (frames, fatal)
-        out = self._out
-        while owed:
+        self._flush_owed()
+
+    def _flush_owed(self) -> None:
+        """Send the answers owed in request order that are done, oldest first."""
+        owed = self._owed
+        while owed and self._sending is None:
             head = next(iter(owed))
             done = owed[head]
             if done is None:
                 break
             del owed[head]
-            out += done[0]
+            self._emit(done[0])
             if done[1]:
                 self._owed = ()  # nothing after a fatal answer is sent
                 break
+
+    def _emit(self, frames: list[Any]) -> None:
+        """Append ``frames`` to the bytes due, or hold them while a sized answer goes out;
+        a :class:`_Sized` mark at their end starts one."""
+        if self._sending is not None:
+            self._held_out.append(frames)
+        elif frames and type(frames[-1]) is _Sized:
+            mark = frames[-1]
+            self._out += frames[:-1]
+            self._sending, self._sending_left = mark.request, mark.length
+        else:
+            self._out += frames
+
+    # -- sized answers, their payload in pieces -----------------------------------------
+
+    @property
+    def sending(self) -> object:
+        """The request whose sized answer's payload is to go out now (see
+        :meth:`answer_sized`), or ``None``."""
+        return self._sending
+
+    def answer_sized(self, request: R, length: int) -> None:
+        """Answer ``request`` with a RESPONSE of ``length`` bytes given later in pieces.
+
+        Its header is sent in turn (in request order without ids; after the request's
+        frame if it is still arriving); once it is, :attr:`sending` is ``request``, and
+        the payload goes by :meth:`answer_data` then :meth:`answer_end`.  Until then
+        nothing else is sent and no request is served (a frame's bytes cannot be
+        interleaved).  ERROR 2 instead if the header cannot say ``length``.
+        """
+        if not self._took_back(request):
+            return
+        if self.header.min_payload <= length <= self.header.max_payload:
+            self.counters.answers += 1
+            header = self.header.pack_frame_header(_RESPONSE, request.id or 0, length)
+            self._send(request, [header, _Sized(request, length)])
+            return
+        message = f"answer of {length} bytes does not fit the {self.header.name} header"
+        self.report("answer_too_large", message)
+        self._send(request, *self._error(request.id, ErrorCode.TOO_LARGE, message))
+
+    def answer_data(self, request: object, data: bytes) -> bool:
+        """Some of :attr:`sending`'s payload; ``False`` if it is more than its length said
+        (the connection must then be reset: the frame cannot be completed)."""
+        if request is not self._sending:
+            return self.state is _CLOSED  # closed meanwhile: dropped quietly
+        left = self._sending_left = self._sending_left - len(data)
+        if left < 0:
+            return False
+        self._out.append(data)
+        return True
+
+    def answer_end(self, request: object) -> bool:
+        """:attr:`sending`'s payload is complete: what was held goes out; ``False`` if it
+        was shorter than its length said (the connection must then be reset)."""
+        if request is not self._sending:
+            return self.state is _CLOSED
+        if self._sending_left:
+            return False
+        self._sending = None
+        held, self._held_out = self._held_out, []
+        for index, frames in enumerate(held):
+            self._emit(frames)
+            if self._sending is not None:  # another sized answer: the rest waits again
+                self._held_out = held[index + 1 :] + self._held_out
+                break
+        self._flush_owed()
+        return True
 
     # -- bytes out ----------------------------------------------------------------------
 
@@ -603,10 +713,10 @@ class FrameServerConnection(Generic[R]):
             data = b""
         state = self.state
         if state is _CLOSING:
-            if not self._owed:
+            if not self._owed and self._sending is None:
                 self.state = _MUST_CLOSE
         elif state is _DRAINING and not self._serving and self.between_frames:
-            if not (self.in_flight or self._backlog):
+            if not (self.in_flight or self._backlog or self._sending is not None):
                 self.state = _MUST_CLOSE
         elif state is _CLOSED:
             return b""
@@ -634,6 +744,19 @@ class FrameServerConnection(Generic[R]):
         self.start_drain()
         self._decoder = None
         self._cut_incoming()
+        self._drop_unfinished_backlog()
+
+    def _drop_unfinished_backlog(self) -> None:
+        """Forget a streamed frame held back by flow control that the end of file left
+        unfinished: it would start a request whose body never ends."""
+        backlog = self._backlog
+        for index in range(len(backlog) - 1, -1, -1):
+            event = backlog[index]
+            if type(event) is StreamStart:
+                self._backlog = list(backlog[:index])
+                return
+            if type(event) is not StreamPiece or event.last:
+                return
 
     def stop(self) -> None:
         """Serve no more requests; close once the answers due in request order are sent."""
@@ -654,7 +777,7 @@ class FrameServerConnection(Generic[R]):
         if self.receiving_body:
             self.stop()  # cuts the arriving request short
             return True
-        if self.in_flight or self._backlog or self.state not in _SERVING:
+        if self.in_flight or self._backlog or self._sending is not None or self.state not in _SERVING:
             return False
         self.stop()
         return True
@@ -667,3 +790,4 @@ class FrameServerConnection(Generic[R]):
         self.state = _CLOSED
         self._backlog = self._owed = ()
         self._out.clear()
+        self._sending, self._held_out = None, []

@@ -16,6 +16,10 @@ request frame reaches the handler:
   a frame's length goes before its payload) or its error is sent once the frame's last
   byte is read: a handler that fails mid-body gets ERROR 4 after the rest of its
   frame is read and discarded, and the connection goes on serving;
+- a :class:`~sockproto.serving.streaming.SizedAnswer` (a length, then chunks) is
+  written in pieces instead: the header in its turn, then each chunk once the transport
+  has room (a slow client pauses the handler's iterator), nothing else meanwhile; chunks
+  that do not add up to the length reset the connection;
 - ``handler_timeout`` counts from the frame's last byte; ``idle_timeout`` applies
   within a frame too: a frame that makes no progress for that long (a client stopped
   mid-body) resets the connection, and the handler's body raises
@@ -32,11 +36,11 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from ..core.frame_connection import FrameServerConnection
+from ..core.frame_connection import ConnectionState, FrameServerConnection
 from ..core.frame_stream import FrameBody
 from ..request import Request
 from ..serving.answering import HandlerTimeout, PendingWork, as_answer
-from ..serving.streaming import Body, StreamingRequest
+from ..serving.streaming import Body, SizedAnswer, StreamingRequest
 from ..serving.tls import request_type
 from .protocol import FrameServerProtocol
 
@@ -53,7 +57,7 @@ class _Run:
 
     def __init__(self, body: Body) -> None:
         self.body = body
-        self.run: Deferred[bytes] | None = None
+        self.run: Deferred[bytes | SizedAnswer] | None = None
         self.deadline: IDelayedCall | None = None
         self.overran = False
 
@@ -69,6 +73,9 @@ class FrameStreamingProtocol(FrameServerProtocol):
 
     _streams = True
     _body_paused = False  # whether reading was last seen paused for the bodies held (a counter's edge)
+    _out_paused = False  # the transport's buffer is full (pauseProducing): a sized answer waits
+    _room: Deferred[None] | None = None  # fired by resumeProducing, for a waiting sized answer
+    _outgoing: dict[Request, SizedAnswer] | None = None  # sized answers whose header is not out yet
 
     def _stream_args(self) -> dict[str, Any]:
         return {
@@ -91,7 +98,7 @@ class FrameStreamingProtocol(FrameServerProtocol):
         record = _Run(reader)
         body.reader = record
         request.body = reader
-        run: Deferred[bytes] = Deferred.fromCoroutine(self._run(request))
+        run: Deferred[bytes | SizedAnswer] = Deferred.fromCoroutine(self._run(request))
         record.run = run
         run.addErrback(self._overran, record)  # before the answer: a timeout is ERROR 6
         run.addBoth(self._run_over, record)
@@ -101,10 +108,12 @@ class FrameStreamingProtocol(FrameServerProtocol):
         # the handler timeout counts from the frame's last byte (_flush), not from here
         self.settings.answering.track(run, pending, self._answered, request, timed=False)
 
-    async def _run(self, request: StreamingRequest) -> bytes:
+    async def _run(self, request: StreamingRequest) -> bytes | SizedAnswer:
         result: Any = self.settings.handler(request)
         if isinstance(result, Deferred) or iscoroutine(result):
             result = await result
+        if isinstance(result, SizedAnswer):
+            return result  # its payload is written in pieces, after its header (_pump)
         if hasattr(result, "__aiter__"):  # joined: the frame's length is sent before its payload
             return b"".join([as_answer(chunk) async for chunk in result])
         return as_answer(result)
@@ -135,6 +144,75 @@ class FrameStreamingProtocol(FrameServerProtocol):
         if record.run is not None:
             record.run.cancel()
 
+    # -- sized answers: the payload in pieces ---------------------------------------------
+
+    def _answered(self, result: Any, request: Request) -> None:
+        """A streamed request's run ended: a sized answer's header is queued, the rest as usual."""
+        if not isinstance(result, SizedAnswer):
+            super()._answered(result, request)
+            return
+        conn = self._conn
+        assert conn is not None
+        if not conn.wants_answer(request):
+            conn.abandon(request)
+        else:
+            conn.answer_sized(request, result.length)
+            if self._outgoing is None:
+                self._outgoing = {}
+            self._outgoing[request] = result
+        if not conn.serving:
+            self._serve_backlog(conn)
+
+    def _start_pumps(self, conn: FrameServerConnection[Request]) -> None:
+        """The header of a sized answer went out: write its payload (once)."""
+        outgoing = self._outgoing
+        request = conn.sending
+        if not outgoing or request not in outgoing:
+            return
+        sized = outgoing.pop(request)
+        pump: Deferred[None] = Deferred.fromCoroutine(self._pump(conn, request, sized))
+        if pump.called:
+            return
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = PendingWork()
+        pending.add(pump)  # cancelled with the connection, awaited by nothing else
+        pump.addBoth(lambda result: pending.discard(pump))
+
+    async def _pump(self, conn: FrameServerConnection[Request], request: object, sized: SizedAnswer) -> None:
+        try:
+            async for chunk in sized.chunks:
+                data = as_answer(chunk)
+                if not conn.answer_data(request, data):
+                    raise ValueError(f"the answer gave more than the {sized.length} bytes it announced")
+                self._flush(conn)
+                if conn.state is ConnectionState.CLOSED:
+                    return
+                while self._out_paused:  # the client does not read: wait for room
+                    self.settings.metrics.answers_paused += 1
+                    room = self._room = Deferred()
+                    await room
+            if not conn.answer_end(request):
+                raise ValueError(f"the answer gave fewer than the {sized.length} bytes it announced")
+        except Exception:  # not CancelledError's GeneratorExit: a lost connection ends quietly
+            failure = Failure()
+            if conn.state is not ConnectionState.CLOSED:
+                self.settings.answering.failed(failure, self.peer, ": connection reset")
+                self.abort()
+            return
+        self._serve_backlog(conn)
+
+    def pauseProducing(self) -> None:
+        self._out_paused = True
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._out_paused = False
+        room, self._room = self._room, None
+        super().resumeProducing()
+        if room is not None:
+            room.callback(None)
+
     # -- bytes in, backpressure -----------------------------------------------------------
 
     def _flush(self, conn: FrameServerConnection[Request]) -> None:
@@ -150,6 +228,8 @@ class FrameStreamingProtocol(FrameServerProtocol):
             if hold.paused:
                 self.settings.metrics.reads_paused += 1
         super()._flush(conn)
+        if self._outgoing:
+            self._start_pumps(conn)
 
     def _body_taken(self) -> None:
         """A handler took enough of its body to resume reading."""

@@ -19,7 +19,7 @@ push producer (:class:`AnswerWriter`) to pause the answer for a slow client.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -33,6 +33,7 @@ __all__ = [
     "Body",
     "BodySource",
     "BodyTruncated",
+    "SizedAnswer",
     "StreamingRequest",
     "is_streaming",
     "streaming",
@@ -162,6 +163,34 @@ class StreamingRequest(Request):
 
     __slots__ = ("body",)
     body: Body
+
+
+class SizedAnswer:
+    """An answer whose length is known before its payload, which follows in chunks.
+
+    A frame carries its length before its payload, so a frame handler that answers with
+    an async iterator has it joined.  Answering with ``SizedAnswer(length, chunks)``
+    instead, the header goes first and ``chunks`` (an async iterator of ``bytes``) are
+    written as the client takes them: a slow client pauses the iteration, and memory
+    stays bounded whatever the length.  The chunks must add up to ``length`` exactly,
+    or the connection is reset (the frame cannot be completed).  Nothing else is sent
+    on the connection meanwhile.  A half-close handler may return one too: its chunks
+    are written as an async iterator's.
+
+    :ivar length: the payload's length, in bytes.
+    :ivar chunks: the payload.
+    """
+
+    __slots__ = ("chunks", "length")
+
+    def __init__(self, length: int, chunks: AsyncIterable[bytes]) -> None:
+        if length < 0:
+            raise ValueError(f"length must be >= 0, not {length}")
+        self.length = length
+        self.chunks = chunks
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks.__aiter__()
 
 
 @implementer(IPushProducer)

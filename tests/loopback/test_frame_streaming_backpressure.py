@@ -1,9 +1,10 @@
 """Backpressure of streamed request frames over real loopback sockets.
 
 A slow streaming handler pauses reading (the client's ``sendall`` blocks while the
-server holds at most its 1 MiB bound and a read), and a slow writer's frame reaches the
+server holds at most its 1 MiB bound and a read), a slow writer's frame reaches the
 handler piece by piece as it is sent, the next request on the same connection served
-after it.  Each peer runs in a thread, paced at a few hundred KiB/s for about 2 s.
+after it, and a slow reader pauses a sized answer's iterator.  Each peer runs in a
+thread, paced at a few hundred KiB/s for about 2 s.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import socket
 import struct
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
@@ -20,7 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from sockproto.frame.server import FrameServerFactory
-from sockproto.serving.streaming import streaming
+from sockproto.serving.streaming import SizedAnswer, streaming
 
 from ..helpers import listen
 
@@ -125,3 +127,61 @@ async def test_slow_writer_is_served_as_it_sends_then_the_next_request() -> None
         assert len(arrivals) >= 10
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_reader_pauses_a_sized_answer() -> None:
+    pulled = {"bytes": 0}
+    total = 32 * MiB
+    block = b"a" * (64 * KiB)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(total // len(block)):
+            pulled["bytes"] += len(block)
+            yield block
+
+    @streaming
+    async def produce(request: Any) -> SizedAnswer:
+        await request.body.read()
+        return SizedAnswer(total, chunks())
+
+    factory = FrameServerFactory(produce)
+    port = await listen(factory)
+    seen = {"pulled_at_2s": 0}
+
+    def client() -> list[tuple[int, int, bytes]]:
+        with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=30) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+            s.sendall(header(1, 2) + b"go" + header(2, 0))  # a second request, answered after
+            data = b""
+            started = time.monotonic()
+            while time.monotonic() - started < 2.0:  # 30 KiB every 0.1 s: 300 KiB/s
+                data += s.recv(30 * KiB)
+                time.sleep(0.1)
+            seen["pulled_at_2s"] = pulled["bytes"]
+            while len(data) < 12 + total + 12 + 1:
+                chunk = s.recv(1024 * KiB)
+                assert chunk
+                data += chunk
+            first = struct.unpack(">2sBBII", data[:12])
+            assert first[2:] == (2, 1, total), first
+            assert data[12 : 12 + total] == block * (total // len(block))
+            return read_answers_from(data[12 + total :], s)
+
+    try:
+        rest = await deferToThread(client)
+        assert rest[0][:2] == (2, 2)  # the second request, after the whole sized answer
+        assert factory.metrics.answers_paused >= 1
+        assert seen["pulled_at_2s"] < 16 * MiB, seen  # without backpressure all 32 MiB at once
+    finally:
+        await port.stopListening()
+
+
+def read_answers_from(data: bytes, s: socket.socket) -> list[tuple[int, int, bytes]]:
+    """One SPF/1 frame from ``data`` and then ``s``."""
+    while len(data) < 12 or len(data) < 12 + struct.unpack(">I", data[8:12])[0]:
+        chunk = s.recv(65536)
+        assert chunk
+        data += chunk
+    _, _, kind, ident, n = struct.unpack(">2sBBII", data[:12])
+    return [(kind, ident, data[12 : 12 + n])]

@@ -10,7 +10,9 @@ at any moment (also before their frame has arrived), and drains.  After every st
 - each handler's chunks, joined, are a prefix of its request's payload (in order, none
   lost or repeated), and the whole payload once its frame is complete;
 - no answer or error leaves before its request's frame was read to its last byte;
-- ``in_flight`` never exceeds ``max_in_flight``, and each request is answered once.
+- ``in_flight`` never exceeds ``max_in_flight``, and each request is answered once;
+- a sized answer (its payload given in pieces once its header is out) is never
+  interleaved with other frames: everything decodes to the expected answers.
 
 The teardown sends the rest, takes every chunk and answers everything: it must end
 with every request answered (no deadlock between the in-flight limit, the body bound
@@ -63,6 +65,7 @@ class FrameStreamMachine(RuleBasedStateMachine):
         self.next_id = 1
         self.queued = 0  # offset of the end of what was queued
         self.cut: set[int] = set()  # requests whose frame the client never finished
+        self.sized: dict[int, tuple[Any, bytes]] = {}  # sized answers: request, payload still to give
         self.eof = False
         self.started = True
 
@@ -78,7 +81,7 @@ class FrameStreamMachine(RuleBasedStateMachine):
         self.ends[ident] = self.queued
 
     @precondition(lambda self: self.started and not self.eof)
-    @rule(size=st.integers(0, 3000), byte=st.integers(0, 255))
+    @rule(size=st.one_of(st.integers(0, 40), st.integers(0, 3000)), byte=st.integers(0, 255))
     def queue_request(self, size: int, byte: int) -> None:
         ident = self.next_id
         self.next_id += 1
@@ -95,7 +98,8 @@ class FrameStreamMachine(RuleBasedStateMachine):
         self.expected[ident] = (PONG, payload)
         self.queue(build_frame(payload, kind=PING, id=ident), ident)
 
-    @precondition(lambda self: self.started and not self.eof)
+    # the rules that end an example's traffic wait until some answers went out
+    @precondition(lambda self: self.started and not self.eof and len(self.answered) >= 2)
     @rule()
     def client_half_closes(self) -> None:
         """The client shuts down its write side, maybe mid-frame: what it never finished is cut."""
@@ -120,7 +124,7 @@ class FrameStreamMachine(RuleBasedStateMachine):
     def no_whole_requests(*args: Any) -> None:
         raise AssertionError(f"a request was given whole to a streaming connection: {args}")
 
-    @precondition(lambda self: self.started)
+    @precondition(lambda self: self.started and len(self.answered) >= 2)
     @rule()
     def drain(self) -> None:
         """Shut down gracefully: the frame under way is completed, then nothing more is read."""
@@ -156,6 +160,36 @@ class FrameStreamMachine(RuleBasedStateMachine):
         if ident not in self.cut:
             self.expected[ident] = expected
         self.conn.serve_backlog(self.no_whole_requests, self.no_whole_requests)
+
+    @precondition(lambda self: self.started and bool(self.bodies))
+    @rule(index=st.integers(0, 10), size=st.integers(0, 700))
+    def answer_sized(self, index: int, size: int) -> None:
+        """Answer with a length now and the payload later, in pieces."""
+        ident = list(self.bodies)[index % len(self.bodies)]
+        request, _, _ = self.bodies.pop(ident)
+        self.answered.add(ident)
+        payload = bytes(range(256)) * (size // 256 + 1)
+        payload = payload[:size]
+        self.conn.answer_sized(request, size)
+        self.sized[ident] = (request, payload)
+        if ident not in self.cut:
+            self.expected[ident] = (RESP, payload)
+        self.conn.serve_backlog(self.no_whole_requests, self.no_whole_requests)
+
+    @precondition(lambda self: self.started and self.conn.sending is not None)
+    @rule(size=st.integers(0, 300))
+    def give(self, size: int) -> None:
+        """Give the sized answer going out some of its payload (ending it when all is given)."""
+        request = self.conn.sending
+        ident = request.id
+        _, rest = self.sized[ident]
+        assert self.conn.answer_data(request, rest[:size])
+        rest = rest[size:]
+        self.sized[ident] = (request, rest)
+        if not rest:
+            assert self.conn.answer_end(request)
+            del self.sized[ident]
+            self.conn.serve_backlog(self.no_whole_requests, self.no_whole_requests)
 
     # -- the rules --------------------------------------------------------------------
 
@@ -200,6 +234,8 @@ class FrameStreamMachine(RuleBasedStateMachine):
                 self.never_sent()  # drained or closing: the rest is never read
             if self.wire and self.conn.wants_read:
                 self.send(MAX_READ)
+            elif self.conn.sending is not None:
+                self.give(10_000)
             elif self.bodies:
                 for ident in list(self.bodies):
                     _, body, got = self.bodies[ident]

@@ -27,7 +27,7 @@ from sockproto.frame.streaming import FrameStreamingProtocol
 from sockproto.handlers import echo, sha256, sha256_stream
 from sockproto.serving.metrics import ServiceMetrics
 from sockproto.serving.proxy import ProxySettings
-from sockproto.serving.streaming import BodyTruncated, streaming, streaming_form
+from sockproto.serving.streaming import BodyTruncated, SizedAnswer, streaming, streaming_form
 from sockproto.tap import frame as tap
 from sockproto.testing import HalfCloseTransport, frame_pair
 from sockproto.testing.frames import parse_frames as split_frames
@@ -249,6 +249,16 @@ class ConnectionTests(SynchronousTestCase):
         serve(conn, frame(b"y" * 30, 2)[20:])
         self.assertTrue(started.bodies[1].ended is False and started.bodies[1].complete)
 
+    def test_a_held_back_frame_left_unfinished_at_eof_never_starts(self) -> None:
+        conn, started, _ = connection(max_in_flight=1)
+        serve(conn, frame(b"a", 1) + frame(b"b" * 100, 2)[:40])  # the second waits: 1 in flight
+        conn.eof_received()  # the client half-closed mid-frame
+        conn.answer(started.requests[0], b"A")
+        conn.serve_backlog(lambda r: b"", lambda r, res, exc: None)
+        self.assertEqual(len(started.requests), 1)  # found by the state machine: it started, never ended
+        self.assertEqual(split_frames(conn.data_to_send()), [(Kind.RESPONSE, 1, b"A")])
+        self.assertTrue(conn.must_close)
+
     def test_request_order_without_ids(self) -> None:
         conn, started, _ = connection(INT32)
         serve(conn, INT32.encode(b"first") + INT32.encode(b"second"))
@@ -271,6 +281,79 @@ class ConnectionTests(SynchronousTestCase):
         self.assertTrue(conn.time_out())
         self.assertTrue(started.bodies[0].truncated)
         self.assertFalse(conn.receiving_body)
+
+
+class SizedAnswerTests(SynchronousTestCase):
+    """The sans-IO connection: a sized answer's payload in pieces, nothing interleaved."""
+
+    def test_header_then_pieces_then_what_waited(self) -> None:
+        conn, started, metrics = connection()
+        serve(conn, frame(b"big", 1) + frame(b"small", 2))
+        big, small = started.requests
+        conn.answer_sized(big, 6)
+        self.assertIs(conn.sending, big)
+        self.assertFalse(conn.wants_read)  # nothing is served while it goes out
+        conn.answer(small, b"ok")  # ready meanwhile: held
+        serve(conn, frame(b"p", 3, PING))  # held back, answered after
+        self.assertTrue(conn.answer_data(big, b"abc"))
+        first = conn.data_to_send()
+        self.assertEqual(first, SPF1.pack_header(6, kind=int(Kind.RESPONSE), id=1) + b"abc")
+        self.assertTrue(conn.answer_data(big, b"def"))
+        self.assertTrue(conn.answer_end(big))
+        conn.serve_backlog(lambda r: b"", lambda r, res, exc: None)
+        rest = split_frames(first + conn.data_to_send())
+        self.assertEqual(
+            rest, [(Kind.RESPONSE, 1, b"abcdef"), (Kind.RESPONSE, 2, b"ok"), (Kind.PONG, 3, b"p")]
+        )
+        self.assertIsNone(conn.sending)
+        self.assertEqual(metrics.answers, 2)
+
+    def test_too_much_or_too_little_is_refused(self) -> None:
+        conn, started, _ = connection()
+        serve(conn, frame(b"a", 1) + frame(b"b", 2))
+        conn.answer_sized(started.requests[0], 2)
+        self.assertFalse(conn.answer_data(started.requests[0], b"xyz"))
+        conn2, started2, _ = connection()
+        serve(conn2, frame(b"a", 1))
+        conn2.answer_sized(started2.requests[0], 2)
+        conn2.answer_data(started2.requests[0], b"x")
+        self.assertFalse(conn2.answer_end(started2.requests[0]))
+
+    def test_in_request_order_without_ids(self) -> None:
+        conn, started, _ = connection(INT32)
+        serve(conn, INT32.encode(b"one") + INT32.encode(b"two") + INT32.encode(b"three"))
+        one, two, three = started.requests
+        conn.answer_sized(two, 1)
+        conn.answer(three, b"3")
+        self.assertIsNone(conn.sending)  # its turn comes after the first answer
+        conn.answer(one, b"1")
+        self.assertIs(conn.sending, two)
+        conn.answer_data(two, b"2")
+        conn.answer_end(two)
+        self.assertEqual(conn.data_to_send(), INT32.encode(b"1") + INT32.encode(b"2") + INT32.encode(b"3"))
+
+    def test_given_early_its_header_waits_for_the_end_of_the_frame(self) -> None:
+        conn, started, _ = connection()
+        data = frame(b"x" * 100, 4)
+        serve(conn, data[:50])
+        conn.answer_sized(started.requests[0], 3)
+        self.assertIsNone(conn.sending)
+        self.assertEqual(conn.data_to_send(), b"")
+        serve(conn, data[50:])
+        self.assertIs(conn.sending, started.requests[0])
+
+    def test_no_idle_timeout_and_no_drain_close_while_it_goes_out(self) -> None:
+        conn, started, _ = connection()
+        serve(conn, frame(b"a", 1))
+        conn.answer_sized(started.requests[0], 4)
+        self.assertFalse(conn.time_out())
+        conn.start_drain()
+        conn.data_to_send()
+        self.assertFalse(conn.must_close)
+        conn.answer_data(started.requests[0], b"abcd")
+        conn.answer_end(started.requests[0])
+        conn.data_to_send()
+        self.assertTrue(conn.must_close)
 
 
 class Slow:
@@ -528,3 +611,48 @@ class Recorder(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+
+
+class SizedAnswerProtocolTests(SynchronousTestCase):
+    """A streaming frame handler answering with a SizedAnswer, in memory."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def test_a_slow_client_pauses_the_iterator(self) -> None:
+        pulled = {"bytes": 0}
+        block = b"a" * (64 * 1024)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(128):  # 8 MiB
+                pulled["bytes"] += len(block)
+                yield block
+
+        @streaming
+        async def produce(request: Any) -> SizedAnswer:
+            await request.body.read()
+            return SizedAnswer(128 * len(block), chunks())
+
+        pair = frame_pair(produce, write_buffer=256 * 1024)
+        pair.connection.client_transport.pauseProducing()  # the client does not read
+        answer = pair.request(b"go")
+        pair.flush()
+        self.assertLess(pulled["bytes"], 2 * MiB)  # held back by the full write buffer
+        self.assertGreaterEqual(pair.server.settings.metrics.answers_paused, 1)
+        pair.connection.client_transport.resumeProducing()
+        pair.flush()
+        self.assertEqual(self.successResultOf(answer), block * 128)
+        self.assertEqual(self.successResultOf(pair.request(b"next")), block * 128)  # usable after
+
+    def test_a_wrong_length_resets_the_connection(self) -> None:
+        async def short() -> AsyncIterator[bytes]:
+            yield b"only this"
+
+        @streaming
+        def liar(request: Any) -> SizedAnswer:
+            return SizedAnswer(100, short())
+
+        t, proto = ProtocolTests.connect(self, liar)  # type: ignore[arg-type]
+        proto.dataReceived(frame(b"q", 1))
+        self.assertTrue(t.aborted)
+        self.flushLoggedErrors(ValueError)

@@ -19,7 +19,7 @@ from sockproto.core.units import parse_size_or_none
 from sockproto.halfclose.server import HalfCloseServerFactory, HalfCloseServerProtocol
 from sockproto.halfclose.streaming import HalfCloseStreamingProtocol
 from sockproto.handlers import echo, sha256, sha256_stream
-from sockproto.serving.streaming import is_streaming, streaming, streaming_form
+from sockproto.serving.streaming import SizedAnswer, is_streaming, streaming, streaming_form
 from sockproto.tap import halfclose as tap
 from sockproto.testing import HalfCloseTransport
 
@@ -196,6 +196,20 @@ class StreamingProtocolTests(ProtocolCase):
         self.clock.advance(3)
         self.assertTrue(t.aborted)
         self.assertEqual(self.factory.metrics.errors[ErrorCode.TIMEOUT], 1)
+
+    def test_a_sized_answer_is_streamed_as_its_chunks(self) -> None:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"ab"
+            yield b"c"
+
+        @streaming
+        def sized(request: Any) -> SizedAnswer:
+            return SizedAnswer(3, chunks())
+
+        t, _ = self.connect(sized, max_request=None)
+        t.peer_half_close()
+        self.assertEqual(t.value(), b"abc")
+        self.assertTrue(t.closed_cleanly)
 
     def test_answer_iterator_waits_for_the_transport(self) -> None:
         pulled: list[int] = []
