@@ -20,11 +20,9 @@ only (``/proc``); needs ``nc`` (netcat-openbsd) and ``sha256sum``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import shutil
 import signal
 import statistics
 import struct
@@ -37,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_streaming import BIN, ENV, GiB, MiB, baseline, free_port, memory, wait_for_port
+from bench_streaming import BIN, ENV, GiB, MiB, baseline, free_port, memory, options, wait_for_port
 
 
 def spf1_request_header(length: int, ident: int = 1) -> bytes:
@@ -61,15 +59,7 @@ def run(argv: str) -> tuple[float, bytes]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    big, file_size, rounds = (256 * MiB, 128 * MiB, 1) if args.quick else (2 * GiB, GiB, args.rounds)
-    for tool in ("nc", "sha256sum", "head", "cat"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is required")
+    args, big, file_size, rounds = options(__doc__)
     rows: dict[str, Any] = {"cpus": os.cpu_count(), "big": big, "file_size": file_size, "rounds": rounds}
     with tempfile.TemporaryDirectory() as tmp:
         header_big = Path(tmp) / "big.hdr"

@@ -92,8 +92,10 @@ def wait_for_port_by_retry(port: int) -> None:
     raise RuntimeError("nc -l did not listen")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options(doc: str) -> tuple[argparse.Namespace, int, int, int]:
+    """The command line of the streaming benchmarks (this one and ``bench_frame_streaming.py``):
+    the arguments, the big body's size, the file's size and the rounds; the tools checked."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
@@ -102,6 +104,11 @@ def main() -> None:
     for tool in ("nc", "sha256sum", "head", "cat"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required")
+    return args, big, file_size, rounds
+
+
+def main() -> None:
+    args, big, file_size, rounds = options(__doc__)
     rows: dict[str, Any] = {"cpus": os.cpu_count(), "big": big, "file": file_size, "rounds": rounds}
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()

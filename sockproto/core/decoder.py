@@ -24,7 +24,7 @@ Plain Python: no Twisted import (the sans-IO rule).
 from __future__ import annotations
 
 from collections.abc import Container
-from typing import Any, ClassVar, Final, Generic, TypeVar, cast
+from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar, cast
 
 from .header import SPF1, FieldValue, HeaderSpec
 
@@ -167,6 +167,9 @@ class DecoderFailed(RuntimeError):
 
 F = TypeVar("F")
 
+_Events: TypeAlias = "list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece]"
+"""What :meth:`FrameDecoder.feed` returns: frames of the decoder's type, and the other events."""
+
 
 class FrameDecoder(Generic[F]):
     """Decode a stream of frames laid out by ``spec``.
@@ -288,9 +291,7 @@ class FrameDecoder(Generic[F]):
             return b"".join([self.spec.struct.pack(*self._current[2]), *self._parts])
         return b""
 
-    def feed(
-        self, data: bytes
-    ) -> list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece]:
+    def feed(self, data: bytes) -> _Events[F]:
         """Consume ``data`` and return the events it completes, in stream order.
 
         :raises DecoderFailed: if an earlier call reported :class:`Malformed`.
@@ -299,7 +300,7 @@ class FrameDecoder(Generic[F]):
             raise DecoderFailed(self._failed)
         if type(data) is not bytes:
             data = bytes(data)
-        events: list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece] = []
+        events: _Events[F] = []
         end = len(data)
         off = 0
         if self._need:
@@ -439,7 +440,7 @@ class FrameDecoder(Generic[F]):
         data: bytes,
         start: int,
         end: int,
-        events: list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece],
+        events: _Events[F],
     ) -> int:
         """Handle header ``h`` whose payload starts at ``data[start]``, off the fast path.
 
@@ -511,7 +512,7 @@ class FrameDecoder(Generic[F]):
     def _continue(
         self,
         data: bytes,
-        events: list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece],
+        events: _Events[F],
     ) -> int:
         """Give ``data`` to the frame under way; return where the next frame starts, or -1."""
         need = self._need
@@ -542,7 +543,7 @@ class FrameDecoder(Generic[F]):
     def _hold(
         self,
         head: bytes,
-        events: list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece],
+        events: _Events[F],
     ) -> None:
         """Keep the start of a header, failing at once if its constant bytes are wrong."""
         reason = self.spec.check_start(head)
@@ -554,7 +555,7 @@ class FrameDecoder(Generic[F]):
     def _fail(
         self,
         reason: str,
-        events: list[F | Oversized | UnexpectedKind | Malformed | StreamStart | StreamPiece],
+        events: _Events[F],
     ) -> None:
         self._failed = reason
         self._head = b""

@@ -286,13 +286,7 @@ class FrameServerConnection(Generic[R]):
             pass
         elif state is not _DRAINING or self.between_frames:
             return False
-        return not (
-            self._backlog
-            or self._write_paused
-            or self.in_flight >= self.max_in_flight
-            or paused
-            or self._sending is not None
-        )
+        return not (self._backlog or paused or self._blocked())
 
     @property
     def hold(self) -> BodyHold | None:
@@ -342,12 +336,7 @@ class FrameServerConnection(Generic[R]):
         events = decoder.feed(data)
         if self._streams is not None and self._streams.incoming is not None:
             events = self._feed_body(events)  # the rest of an admitted streamed frame: never held back
-        if (
-            self._backlog
-            or self._write_paused
-            or self.in_flight >= self.max_in_flight
-            or self._sending is not None
-        ):
+        if self._backlog or self._blocked():
             self._hold_back(events)
         else:
             self._serve(events, handler, later)
@@ -355,14 +344,7 @@ class FrameServerConnection(Generic[R]):
 
     def serve_backlog(self, handler: Callable[[R], object], later: Later) -> None:
         """Serve what flow control held back, as far as it now allows."""
-        while (
-            self._backlog
-            and not self._serving
-            and self.state in _SERVING
-            and not self._write_paused
-            and self._sending is None
-            and self.in_flight < self.max_in_flight
-        ):
+        while self._backlog and not self._serving and self.state in _SERVING and not self._blocked():
             events, self._backlog = list(self._backlog), ()
             self._serve(events, handler, later)
 
@@ -378,6 +360,11 @@ class FrameServerConnection(Generic[R]):
         taken: list[R] = []
         self.serve_backlog(_unanswered, lambda request, result, exc: taken.append(request))
         return taken
+
+    def _blocked(self) -> bool:
+        """Whether no more requests may be served now: the peer does not read, a sized
+        answer goes out, or ``max_in_flight`` requests await their answer."""
+        return self._write_paused or self._sending is not None or self.in_flight >= self.max_in_flight
 
     def _feed_body(self, events: list[Any]) -> list[Any]:
         """Give the leading pieces of ``events`` to the incoming body; return the rest."""
@@ -401,7 +388,6 @@ class FrameServerConnection(Generic[R]):
         peer = self.peer
         ftype = self._frame_type
         owed = self._owed
-        max_in_flight = self.max_in_flight
         pings = slow = pieces = 0  # counted per read, in locals: no per-frame attribute work
         rest: Iterator[Any] = iter(events)  # kept: what a break leaves is held back
         self._serving = True
@@ -441,22 +427,12 @@ class FrameServerConnection(Generic[R]):
                         slow += 1
                         self._hand_over(event, result, None, later)
                         owed = self._owed  # it may have been created
-                    if (
-                        self.state not in _SERVING
-                        or self._write_paused
-                        or self.in_flight >= max_in_flight
-                        or self._sending is not None
-                    ):
+                    if self.state not in _SERVING or self._blocked():
                         break
                 elif type(event) is StreamPiece:
                     pieces += 1
                     self._piece(event)
-                    if event.last and (
-                        self.state not in _SERVING
-                        or self._write_paused
-                        or self.in_flight >= max_in_flight
-                        or self._sending is not None
-                    ):
+                    if event.last and (self.state not in _SERVING or self._blocked()):
                         break
                 elif type(event) is StreamStart:
                     slow += 1
@@ -551,16 +527,21 @@ class FrameServerConnection(Generic[R]):
     def answer(self, request: R, payload: bytes) -> None:
         """Answer ``request`` (handed over earlier) with ``payload``: a RESPONSE, or
         ERROR 2 if the header cannot carry it (fatal without an error channel)."""
+        self._respond(request, len(payload), payload)
+
+    def _respond(self, request: R, length: int, payload: bytes | _Sized) -> None:
+        """A RESPONSE of ``length`` bytes (``payload``, or a :class:`_Sized` mark: in
+        pieces later), or ERROR 2 if the header cannot say ``length``."""
         if not self._took_back(request):
             return
-        if self.header.min_payload <= len(payload) <= self.header.max_payload:
+        header = self.header
+        if header.min_payload <= length <= header.max_payload:
             self.counters.answers += 1
-            frames = [self.header.pack_frame_header(_RESPONSE, request.id or 0, len(payload)), payload]
-            self._send(request, frames)
+            self._send(request, [header.pack_frame_header(_RESPONSE, request.id or 0, length), payload])
             return
-        message = f"answer of {len(payload)} bytes does not fit the {self.header.name} header"
-        if len(payload) < self.header.min_payload:
-            message += f" (its length adjustment needs at least {self.header.min_payload} bytes)"
+        message = f"answer of {length} bytes does not fit the {header.name} header"
+        if length < header.min_payload:
+            message += f" (its length adjustment needs at least {header.min_payload} bytes)"
         self.report("answer_too_large", message)
         self._send(request, *self._error(request.id, ErrorCode.TOO_LARGE, message))
 
@@ -661,16 +642,7 @@ class FrameServerConnection(Generic[R]):
         nothing else is sent and no request is served (a frame's bytes cannot be
         interleaved).  ERROR 2 instead if the header cannot say ``length``.
         """
-        if not self._took_back(request):
-            return
-        if self.header.min_payload <= length <= self.header.max_payload:
-            self.counters.answers += 1
-            header = self.header.pack_frame_header(_RESPONSE, request.id or 0, length)
-            self._send(request, [header, _Sized(request, length)])
-            return
-        message = f"answer of {length} bytes does not fit the {self.header.name} header"
-        self.report("answer_too_large", message)
-        self._send(request, *self._error(request.id, ErrorCode.TOO_LARGE, message))
+        self._respond(request, length, _Sized(request, length))
 
     def answer_data(self, request: object, data: bytes) -> bool:
         """Some of :attr:`sending`'s payload; ``False`` if it is more than its length said

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from ..core.decoder import DEFAULT_MAX_PAYLOAD, Frame, FrameDecoder, Malformed, Oversized, UnexpectedKind
 from ..core.header import SPF1, HeaderSpec, PayloadTooLarge
 from ..core.spf1 import ErrorCode, Kind, decode_error
-from ..halfclose.sending import CHUNK_SIZE, send_body
+from ..halfclose.sending import file_chunks, send_body
 
 __all__ = [
     "AnswerTooLarge",
@@ -407,17 +407,11 @@ async def _exactly(body: BinaryIO | AsyncIterable[bytes], length: int) -> AsyncI
     :raises ValueError: if it gives fewer, or more (an async iterator).
     """
     sent = 0
-    if isinstance(body, AsyncIterable):
-        async for chunk in body:
-            sent += len(chunk)
-            if sent > length:
-                break
-            yield chunk
-    else:
-        read = getattr(body, "read1", None) or body.read
-        while sent < length and (chunk := read(min(CHUNK_SIZE, length - sent))):
-            sent += len(chunk)
-            yield chunk
+    async for chunk in body if isinstance(body, AsyncIterable) else file_chunks(body, length):
+        sent += len(chunk)
+        if sent > length:
+            break
+        yield chunk
     if sent != length:
         what = "more" if sent > length else f"only {sent}"
         raise ValueError(f"the request body gave {what} bytes, not the {length} announced")

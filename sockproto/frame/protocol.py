@@ -74,7 +74,6 @@ class FrameServerProtocol(StreamServerProtocol):
     # One connection's state; class defaults, so that an idle connection stores neither.
     _conn: FrameServerConnection[Request] | None = None  # made by the first input
     _pending: PendingWork | None = None  # handler calls running, made by the first
-    _streams = False  # a streaming handler's protocol (sockproto.frame.streaming) sets it
 
     def __init__(
         self,
@@ -130,8 +129,12 @@ class FrameServerProtocol(StreamServerProtocol):
         conn = self._conn
         return 0 if conn is None else conn.in_flight
 
-    def _connect(self) -> FrameServerConnection[Request]:
-        """Make the connection's state (at its first input: an idle connection costs little)."""
+    def _connect(self, **streaming: Any) -> FrameServerConnection[Request]:
+        """Make the connection's state (at its first input: an idle connection costs little).
+
+        ``streaming``: the connection's streaming arguments (``streamed``, ``stream_type``:
+        see :mod:`sockproto.frame.streaming`, whose protocol passes them).
+        """
         settings = self.settings
         conn = self._conn = FrameServerConnection(
             settings.header,
@@ -141,16 +144,12 @@ class FrameServerProtocol(StreamServerProtocol):
             frame_type=request_type(self.transport),  # TLS: carries the peer's certificate
             peer=self.peer,
             report=self._report,
-            **(self._stream_args() if self._streams else {}),
+            **streaming,
         )
         tracker = settings.tracker
         if tracker is not None and tracker.failing_checks:
             conn.refuse_pings = True
         return conn
-
-    def _stream_args(self) -> dict[str, Any]:
-        """The connection's streaming arguments (see :mod:`sockproto.frame.streaming`)."""
-        raise NotImplementedError
 
     def fail_health_checks(self) -> None:
         """The service is about to stop: PINGs get ERROR 5 from now on, requests are still served."""

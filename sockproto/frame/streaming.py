@@ -71,17 +71,16 @@ class FrameStreamingProtocol(FrameServerProtocol):
     """Serve a streaming handler over one stream connection (same parameters as
     :class:`~sockproto.frame.protocol.FrameServerProtocol`)."""
 
-    _streams = True
     _body_paused = False  # whether reading was last seen paused for the bodies held (a counter's edge)
     _out_paused = False  # the transport's buffer is full (pauseProducing): a sized answer waits
     _room: Deferred[None] | None = None  # fired by resumeProducing, for a waiting sized answer
     _outgoing: dict[Request, SizedAnswer] | None = None  # sized answers whose header is not out yet
 
-    def _stream_args(self) -> dict[str, Any]:
-        return {
-            "streamed": self._stream_started,
-            "stream_type": request_type(self.transport, StreamingRequest),
-        }
+    def _connect(self, **streaming: Any) -> FrameServerConnection[Request]:
+        """Make the connection's state, streaming request frames to the handler."""
+        return super()._connect(
+            streamed=self._stream_started, stream_type=request_type(self.transport, StreamingRequest)
+        )
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -217,11 +216,7 @@ class FrameStreamingProtocol(FrameServerProtocol):
 
     def _flush(self, conn: FrameServerConnection[Request]) -> None:
         """Wake the handlers whose bodies got bytes (or ended), then send and read as due."""
-        for body in conn.fed_bodies():
-            record: _Run = body.reader  # type: ignore[assignment]
-            if body.complete and not body.truncated:
-                self._time_handler(record)
-            record.body.wake()
+        self._wake_readers(conn)
         hold = conn.hold
         if hold is not None and hold.paused is not self._body_paused:
             self._body_paused = hold.paused
@@ -230,6 +225,15 @@ class FrameStreamingProtocol(FrameServerProtocol):
         super()._flush(conn)
         if self._outgoing:
             self._start_pumps(conn)
+
+    def _wake_readers(self, conn: FrameServerConnection[Request]) -> None:
+        """Wake the handlers whose bodies got bytes or ended; a complete frame's handler
+        timeout starts."""
+        for body in conn.fed_bodies():
+            record: _Run = body.reader  # type: ignore[assignment]
+            if body.complete and not body.truncated:
+                self._time_handler(record)
+            record.body.wake()
 
     def _body_taken(self) -> None:
         """A handler took enough of its body to resume reading."""
@@ -247,8 +251,7 @@ class FrameStreamingProtocol(FrameServerProtocol):
                 timeout=self.settings.idle_timeout,
             )  # fmt: skip
             conn.time_out()
-            for body in conn.fed_bodies():
-                body.reader.body.wake()  # type: ignore[attr-defined]  # the handler sees BodyTruncated
+            self._wake_readers(conn)  # the handler sees BodyTruncated
             self.abort()
             return
         super().timeoutConnection()

@@ -9,7 +9,7 @@ memory, as fast as the server takes it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, BinaryIO, TypeAlias
 
 from twisted.internet.defer import Deferred
@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from ..serving.answering import as_answer
 from ..serving.streaming import AnswerWriter
 
-__all__ = ["CHUNK_SIZE", "Body", "send_body"]
+__all__ = ["CHUNK_SIZE", "Body", "file_chunks", "send_body"]
 
 CHUNK_SIZE = 256 * 1024
 """Bytes read from a file per chunk."""
@@ -36,20 +36,28 @@ def send_body(transport: Any, body: BinaryIO | AsyncIterable[bytes]) -> Deferred
     return Deferred.fromCoroutine(_send(transport, body))
 
 
+async def file_chunks(body: BinaryIO, limit: int | None = None) -> AsyncIterator[bytes]:
+    """A binary file's chunks of up to :data:`CHUNK_SIZE` bytes, to its end or ``limit``
+    bytes; ``read1`` when it has one (a pipe gives what it holds, without waiting for more)."""
+    read = getattr(body, "read1", None) or body.read
+    left = limit
+    while left is None or left > 0:
+        chunk = read(CHUNK_SIZE if left is None else min(CHUNK_SIZE, left))
+        if not chunk:
+            return
+        if left is not None:
+            left -= len(chunk)
+        yield chunk
+
+
 async def _send(transport: Any, body: BinaryIO | AsyncIterable[bytes]) -> None:
     writer = AnswerWriter(transport, _nothing)
+    chunks = body if isinstance(body, AsyncIterable) else file_chunks(body)
     try:
-        if isinstance(body, AsyncIterable):
-            async for chunk in body:
-                resumed = writer.write(as_answer(chunk))
-                if resumed is not None:
-                    await resumed
-        else:
-            read = getattr(body, "read1", None) or body.read
-            while chunk := read(CHUNK_SIZE):
-                resumed = writer.write(chunk)
-                if resumed is not None:
-                    await resumed
+        async for chunk in chunks:
+            resumed = writer.write(as_answer(chunk))
+            if resumed is not None:
+                await resumed
     finally:
         writer.done()
 

@@ -35,9 +35,8 @@ def header(ident: int, length: int) -> bytes:
     return struct.pack(">2sBBII", b"SP", 1, 1, ident, length)
 
 
-def read_answers(s: socket.socket, count: int) -> list[tuple[int, int, bytes]]:
-    """``count`` SPF/1 frames from ``s``: (kind, id, payload)."""
-    data = b""
+def read_answers(s: socket.socket, count: int, data: bytes = b"") -> list[tuple[int, int, bytes]]:
+    """``count`` SPF/1 frames from ``data`` (what was read already), then ``s``: (kind, id, payload)."""
     frames = []
     while len(frames) < count:
         while len(data) < 12 or len(data) < 12 + struct.unpack(">I", data[8:12])[0]:
@@ -166,7 +165,7 @@ async def test_slow_reader_pauses_a_sized_answer() -> None:
             first = struct.unpack(">2sBBII", data[:12])
             assert first[2:] == (2, 1, total), first
             assert data[12 : 12 + total] == block * (total // len(block))
-            return read_answers_from(data[12 + total :], s)
+            return read_answers(s, 1, data[12 + total :])
 
     try:
         rest = await deferToThread(client)
@@ -175,13 +174,3 @@ async def test_slow_reader_pauses_a_sized_answer() -> None:
         assert seen["pulled_at_2s"] < 16 * MiB, seen  # without backpressure all 32 MiB at once
     finally:
         await port.stopListening()
-
-
-def read_answers_from(data: bytes, s: socket.socket) -> list[tuple[int, int, bytes]]:
-    """One SPF/1 frame from ``data`` and then ``s``."""
-    while len(data) < 12 or len(data) < 12 + struct.unpack(">I", data[8:12])[0]:
-        chunk = s.recv(65536)
-        assert chunk
-        data += chunk
-    _, _, kind, ident, n = struct.unpack(">2sBBII", data[:12])
-    return [(kind, ident, data[12 : 12 + n])]
